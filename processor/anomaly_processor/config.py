@@ -1,0 +1,130 @@
+"""The processor's settings: one typed object, read from its configuration file.
+
+The file is what the operator writes into the processor's ConfigMap (key
+``processor.yaml``) and what ``anomaly-pipeline process`` derives from a pipeline
+file. Stream and table names in it are resolved names, so the processor chart can
+also run against streams that exist already. Environment variables override the
+file only for what differs per pod (see ``ENV_*``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import yaml
+
+from anomaly_processor.rules import RuleError, RuleSet, parse_rule_set
+
+ENV_CONFIG_FILE: Final = "ANOMALY_PROCESSOR_CONFIG"
+ENV_WORKER_ID: Final = "ANOMALY_PROCESSOR_WORKER_ID"
+ENV_METRICS_PORT: Final = "ANOMALY_PROCESSOR_METRICS_PORT"
+DEFAULT_CONFIG_FILE: Final = "/etc/anomaly-processor/processor.yaml"
+DEFAULT_METRICS_PORT: Final = 8080
+MIN_POLL_INTERVAL_MILLIS: Final = 200  # GetRecords allows 5 calls per second per shard.
+
+_NAME: Final = re.compile(r"^[a-zA-Z0-9_.-]{1,255}$")
+
+
+class ConfigError(ValueError):
+    """A processor configuration that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """Everything one processor worker needs to know."""
+
+    pipeline: str
+    region: str
+    input_stream: str
+    output_stream: str
+    checkpoint_table: str
+    rules: RuleSet
+    starting_position: str = "TRIM_HORIZON"
+    poll_interval_millis: int = 200
+    required_numeric_fields: tuple[str, ...] = ("transaction_amount",)
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    metrics_port: int | None = None
+
+    def as_document(self) -> dict[str, Any]:
+        """Return the file form of these settings; ``from_document`` reads it back."""
+        return {
+            "pipeline": self.pipeline,
+            "region": self.region,
+            "inputStream": self.input_stream,
+            "outputStream": self.output_stream,
+            "checkpointTable": self.checkpoint_table,
+            "startingPosition": self.starting_position,
+            "pollIntervalMillis": self.poll_interval_millis,
+            "requiredNumericFields": list(self.required_numeric_fields),
+            "rules": self.rules.as_dict(),
+        }
+
+
+def _required_name(document: Mapping[str, Any], key: str) -> str:
+    value = document.get(key)
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ConfigError(f"{key}: invalid value {value!r}: expected a stream or table name")
+    return value
+
+
+def from_document(document: Mapping[str, Any], worker_id: str | None = None) -> ProcessorConfig:
+    """Validate the file form of the settings (see ``as_document``)."""
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"expected a mapping of settings, got {type(document).__name__}")
+    pipeline = document.get("pipeline")
+    region = document.get("region")
+    if not isinstance(pipeline, str) or not pipeline:
+        raise ConfigError(f"pipeline: invalid value {pipeline!r}: expected namespace/name")
+    if not isinstance(region, str) or not region:
+        raise ConfigError(f"region: invalid value {region!r}: expected a region such as eu-west-1")
+    position = document.get("startingPosition", "TRIM_HORIZON")
+    if position not in ("TRIM_HORIZON", "LATEST"):
+        raise ConfigError(f"startingPosition: invalid value {position!r}: expected TRIM_HORIZON or LATEST")
+    interval = document.get("pollIntervalMillis", 200)
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < MIN_POLL_INTERVAL_MILLIS:
+        raise ConfigError(f"pollIntervalMillis: invalid value {interval!r}: expected an integer >= {MIN_POLL_INTERVAL_MILLIS}")
+    required = document.get("requiredNumericFields", ["transaction_amount"])
+    if not isinstance(required, list) or not all(isinstance(f, str) and f for f in required):
+        raise ConfigError(f"requiredNumericFields: invalid value {required!r}: expected a list of field names")
+    try:
+        rules = parse_rule_set(document.get("rules"), "rules")
+    except RuleError as error:
+        raise ConfigError(str(error)) from error
+
+    extra: dict[str, Any] = {}
+    worker = worker_id or os.environ.get(ENV_WORKER_ID)
+    if worker:
+        extra["worker_id"] = worker
+    port = os.environ.get(ENV_METRICS_PORT)
+    if port:
+        extra["metrics_port"] = int(port)
+    return ProcessorConfig(
+        pipeline=pipeline,
+        region=region,
+        input_stream=_required_name(document, "inputStream"),
+        output_stream=_required_name(document, "outputStream"),
+        checkpoint_table=_required_name(document, "checkpointTable"),
+        rules=rules,
+        starting_position=position,
+        poll_interval_millis=interval,
+        required_numeric_fields=tuple(required),
+        **extra,
+    )
+
+
+def load_config(path: str) -> ProcessorConfig:
+    """Read and validate a processor configuration file (YAML or JSON)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read processor configuration {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"processor configuration {path} is not valid YAML: {error}") from error
+    return from_document(document)

@@ -1,0 +1,61 @@
+"""Decoding of one event's bytes, and the definition of a malformed event.
+
+An event is a JSON object encoded in UTF-8. It is malformed when its bytes are not
+JSON, when the JSON is not an object, or when a required numeric field is missing or
+is not a JSON number (a string such as "150", null and booleans are not numbers).
+Floats are decoded as ``Decimal`` so that the rules compare them exactly.
+
+This is on the per-record path: no logging, no allocation beyond the decoded event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Final
+
+
+class MalformedReason(str, Enum):
+    """Why an event was not judged; the value is the metric label and log field."""
+
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    NOT_A_NUMBER = "not_a_number"
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, although Python's decoder accepts them by default.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+_decode_json: Final = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant).decode
+
+
+class EventDecoder:
+    """Decodes event bytes and checks the fields that must hold numbers."""
+
+    __slots__ = ("_required_numeric",)
+
+    def __init__(self, required_numeric_fields: Sequence[str]) -> None:
+        self._required_numeric = tuple(required_numeric_fields)
+
+    def decode(self, data: bytes) -> tuple[dict[str, Any] | None, MalformedReason | None]:
+        """Return ``(event, None)`` for a well-formed event, else ``(None, reason)``."""
+        try:
+            event = _decode_json(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None, MalformedReason.NOT_JSON
+        if type(event) is not dict:
+            return None, MalformedReason.NOT_AN_OBJECT
+        for name in self._required_numeric:
+            value = event.get(name)
+            if value is None:
+                # JSON null counts as missing: it carries no amount.
+                return None, MalformedReason.MISSING_FIELD
+            kind = type(value)
+            if kind is not int and kind is not Decimal:
+                return None, MalformedReason.NOT_A_NUMBER
+        return event, None
