@@ -1,0 +1,1 @@
+"""Test helpers: installing external tools (Helm, kinesalite) and starting them for tests."""
