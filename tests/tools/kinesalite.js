@@ -1,5 +1,5 @@
-// Starts kinesalite (a Kinesis emulator) on 127.0.0.1 only; its own command line binds
-// every interface. Usage: node kinesalite.js PORT   (0 picks a free port)
+// Starts kinesalite (a Kinesis emulator) on 127.0.0.1 only, because its own command line
+// binds every interface. Usage: node kinesalite.js PORT   (0 picks a free port)
 // Prints "kinesalite listening on http://127.0.0.1:PORT" once it accepts connections.
 'use strict';
 
@@ -12,7 +12,7 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.exit(2);
 }
 
-// Short state transitions keep tests fast; kinesalite's defaults are 500 ms.
+// Short state transitions keep tests fast. kinesalite's defaults are 500 ms.
 const server = require(modulePath)({
   createStreamMs: 50,
   deleteStreamMs: 50,

@@ -26,7 +26,7 @@ LISTENING_PREFIX: Final = "kinesalite listening on "
 
 
 class KinesaliteError(RuntimeError):
-    """kinesalite did not start or did not answer."""
+    """kinesalite did not start or did not respond to requests."""
 
 
 def _first_line(stream: IO[str], timeout: float) -> str | None:
@@ -41,7 +41,7 @@ def _first_line(stream: IO[str], timeout: float) -> str | None:
 
 
 def _answers(endpoint: str) -> bool:
-    """Send a ListStreams request and tell whether kinesalite answered it with HTTP 200."""
+    """Send a ListStreams request and return whether kinesalite responded with HTTP 200."""
     host_port = endpoint.removeprefix("http://")
     connection = http.client.HTTPConnection(host_port, timeout=2)
     headers = {
@@ -104,7 +104,7 @@ def run_kinesalite(port: int | None = None) -> Iterator[str]:
         while not _answers(endpoint):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise KinesaliteError(
-                    f"kinesalite at {endpoint} did not answer ListStreams within {START_TIMEOUT_SECONDS} s"
+                    f"kinesalite at {endpoint} did not respond to ListStreams within {START_TIMEOUT_SECONDS} s"
                 )
             time.sleep(0.1)
         yield endpoint
