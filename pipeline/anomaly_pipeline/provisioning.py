@@ -148,7 +148,9 @@ def count_open_shards(kinesis: Any, name: str) -> int:
         kwargs = {"NextToken": token}
 
 
-def ensure_stream(aws: Aws, stream: StreamSpec, pipeline: Pipeline, retention_hours: int | None = None) -> tuple[NamedArn, list[str]]:
+def ensure_stream(
+    aws: Aws, stream: StreamSpec, pipeline: Pipeline, retention_hours: int | None = None
+) -> tuple[NamedArn, list[str]]:
     """Create the stream, or adopt and align an existing one; return its ARN and the changes."""
     kinesis = aws.client("kinesis")
     changes: list[str] = []
@@ -260,7 +262,9 @@ def ensure_table(aws: Aws, pipeline: Pipeline) -> tuple[NamedArn, list[str]]:
     assert table is not None
     key = [k["AttributeName"] for k in table["KeySchema"] if k["KeyType"] == "HASH"]
     if key != [TABLE_KEY]:
-        raise ProvisioningError(f"table {name} exists with hash key {key}, not {TABLE_KEY}; delete it or change tableNamePrefix")
+        raise ProvisioningError(
+            f"table {name} exists with hash key {key}, not {TABLE_KEY}; delete it or change tableNamePrefix"
+        )
     arn = table["TableArn"]
     tags = {t["Key"]: t["Value"] for t in dynamodb.list_tags_of_resource(ResourceArn=arn).get("Tags", [])}
     if _check_owner("table", name, tags, pipeline):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Final
 
+from anomaly_processor.config import ProcessorConfig
 from anomaly_processor.rules import RuleError, RuleSet, parse_rule_set
 
 API_GROUP: Final = "anomaly.dev"
@@ -168,7 +169,9 @@ class _Reader:
             raise SpecError(path, value, "expected a mapping")
         unknown = sorted(set(value) - allowed)
         if unknown:
-            raise SpecError(f"{path}.{unknown[0]}", value[unknown[0]], f"unknown field; expected {', '.join(sorted(allowed))}")
+            raise SpecError(
+                f"{path}.{unknown[0]}", value[unknown[0]], f"unknown field; expected {', '.join(sorted(allowed))}"
+            )
         return _Reader(value, path)
 
     def default(self, key: str) -> Any:
@@ -213,7 +216,11 @@ def parse_pipeline(document: Mapping[str, Any]) -> Pipeline:
     namespace = metadata.get("namespace") or "default"
     for field, value, limit in (("metadata.name", name, 253), ("metadata.namespace", namespace, 63)):
         if not isinstance(value, str) or len(value) > limit or not re.fullmatch(K8S_NAME_PATTERN, value):
-            raise SpecError(field, value, f"expected a Kubernetes name: lowercase letters, digits, '-' and '.', at most {limit} characters")
+            raise SpecError(
+                field,
+                value,
+                f"expected a Kubernetes name: lowercase letters, digits, '-' and '.', at most {limit} characters",
+            )
     if "." in namespace:
         raise SpecError("metadata.namespace", namespace, "a namespace cannot contain '.'")
     assert isinstance(name, str)
@@ -237,7 +244,9 @@ def _parse_spec(name: str, namespace: str, raw: Mapping[str, Any]) -> Pipeline:
     if region not in known_regions():
         raise SpecError("spec.region", region, "unknown region; Kinesis has no endpoint there")
 
-    prefix_hint = "a prefix is 1 to 32 characters of letters, digits, '_', '.' and '-', which Kinesis accepts in stream names"
+    prefix_hint = (
+        "a prefix is 1 to 32 characters of letters, digits, '_', '.' and '-', which Kinesis accepts in stream names"
+    )
     source = spec.section("input", set(DEFAULTS["input"]))
     input_prefix = source.string("streamNamePrefix", PREFIX_PATTERN, hint=prefix_hint)
     input_spec = InputSpec(
@@ -256,7 +265,9 @@ def _parse_spec(name: str, namespace: str, raw: Mapping[str, Any]) -> Pipeline:
         raise SpecError("spec.output.streamNamePrefix", output_prefix, "must differ from spec.input.streamNamePrefix")
 
     checkpoints = spec.section("checkpoints", set(DEFAULTS["checkpoints"]))
-    table_prefix = checkpoints.string("tableNamePrefix", PREFIX_PATTERN, hint=prefix_hint.replace("Kinesis", "DynamoDB").replace("stream", "table"))
+    table_prefix = checkpoints.string(
+        "tableNamePrefix", PREFIX_PATTERN, hint=prefix_hint.replace("Kinesis", "DynamoDB").replace("stream", "table")
+    )
 
     try:
         rules = parse_rule_set(raw.get("rules"), "spec.rules")
@@ -265,13 +276,19 @@ def _parse_spec(name: str, namespace: str, raw: Mapping[str, Any]) -> Pipeline:
 
     events = spec.section("events", set(DEFAULTS["events"]))
     required = events.raw.get("requiredNumericFields", DEFAULTS["events"]["requiredNumericFields"])
-    if not isinstance(required, list) or not all(isinstance(f, str) and re.fullmatch(FIELD_PATH_PATTERN, f) and "." not in f for f in required):
+    if not isinstance(required, list) or not all(
+        isinstance(f, str) and re.fullmatch(FIELD_PATH_PATTERN, f) and "." not in f for f in required
+    ):
         raise SpecError("spec.events.requiredNumericFields", required, "expected a list of top-level field names")
 
     tester = spec.section("tester", {"principals", "sessionDurationSeconds"})
     principals = tester.raw.get("principals")
     if not isinstance(principals, list) or not principals:
-        raise SpecError("spec.tester.principals", principals, "expected a non-empty list of AWS account ids or IAM ARNs allowed to assume the tester role")
+        raise SpecError(
+            "spec.tester.principals",
+            principals,
+            "expected a non-empty list of AWS account ids or IAM ARNs allowed to assume the tester role",
+        )
     for i, principal in enumerate(principals):
         if not isinstance(principal, str) or not re.fullmatch(PRINCIPAL_PATTERN, principal):
             raise SpecError(f"spec.tester.principals[{i}]", principal, "expected a 12-digit account id or an IAM ARN")
@@ -280,11 +297,19 @@ def _parse_spec(name: str, namespace: str, raw: Mapping[str, Any]) -> Pipeline:
     session_seconds = tester.integer("sessionDurationSeconds", MIN_SESSION_SECONDS, MAX_SESSION_SECONDS)
 
     iam = spec.section("iam", set(DEFAULTS["iam"]))
-    role_path = iam.string("rolePath", ROLE_PATH_PATTERN, hint="expected a path that starts and ends with '/', such as /anomaly-pipeline/")
-    role_prefix = iam.string("roleNamePrefix", ROLE_NAME_PREFIX_PATTERN, hint="expected 1 to 24 characters that IAM accepts in role names")
+    role_path = iam.string(
+        "rolePath", ROLE_PATH_PATTERN, hint="expected a path that starts and ends with '/', such as /anomaly-pipeline/"
+    )
+    role_prefix = iam.string(
+        "roleNamePrefix", ROLE_NAME_PREFIX_PATTERN, hint="expected 1 to 24 characters that IAM accepts in role names"
+    )
     boundary = iam.raw.get("permissionsBoundaryArn")
     if boundary is not None and (not isinstance(boundary, str) or not re.fullmatch(BOUNDARY_ARN_PATTERN, boundary)):
-        raise SpecError("spec.iam.permissionsBoundaryArn", boundary, "expected null or a managed policy ARN such as arn:aws:iam::123456789012:policy/boundary")
+        raise SpecError(
+            "spec.iam.permissionsBoundaryArn",
+            boundary,
+            "expected null or a managed policy ARN such as arn:aws:iam::123456789012:policy/boundary",
+        )
 
     processor = spec.section("processor", set(DEFAULTS["processor"]))
     return Pipeline(
@@ -303,7 +328,9 @@ def _parse_spec(name: str, namespace: str, raw: Mapping[str, Any]) -> Pipeline:
         processor_role_name=derive_name(role_prefix, namespace, name, "-processor", IAM_ROLE_NAME_MAX),
         tester_role_name=derive_name(role_prefix, namespace, name, "-tester", IAM_ROLE_NAME_MAX),
         max_replicas=processor.integer("maxReplicas", 1, MAX_REPLICAS),
-        poll_interval_millis=processor.integer("pollIntervalMillis", MIN_POLL_INTERVAL_MILLIS, MAX_POLL_INTERVAL_MILLIS),
+        poll_interval_millis=processor.integer(
+            "pollIntervalMillis", MIN_POLL_INTERVAL_MILLIS, MAX_POLL_INTERVAL_MILLIS
+        ),
         deletion_policy=spec.string("deletionPolicy", choices=DELETION_POLICIES),
     )
 
@@ -318,3 +345,20 @@ def load_pipeline_file(path: str) -> Pipeline:
     if not pipelines:
         raise SpecError("kind", None, f"{path} holds no {KIND} document")
     return parse_pipeline(pipelines[0])
+
+
+def processor_config(pipeline: Pipeline, worker_id: str | None = None) -> ProcessorConfig:
+    """Return the processor settings for a pipeline, as its ConfigMap carries them."""
+    extra: dict[str, Any] = {"worker_id": worker_id} if worker_id else {}
+    return ProcessorConfig(
+        pipeline=pipeline.key,
+        region=pipeline.region,
+        input_stream=pipeline.input.name,
+        output_stream=pipeline.output.name,
+        checkpoint_table=pipeline.checkpoint_table,
+        rules=pipeline.rules,
+        starting_position=pipeline.input.starting_position,
+        poll_interval_millis=pipeline.poll_interval_millis,
+        required_numeric_fields=pipeline.required_numeric_fields,
+        **extra,
+    )

@@ -88,7 +88,9 @@ def from_document(document: Mapping[str, Any], worker_id: str | None = None) -> 
         raise ConfigError(f"startingPosition: invalid value {position!r}: expected TRIM_HORIZON or LATEST")
     interval = document.get("pollIntervalMillis", 200)
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < MIN_POLL_INTERVAL_MILLIS:
-        raise ConfigError(f"pollIntervalMillis: invalid value {interval!r}: expected an integer >= {MIN_POLL_INTERVAL_MILLIS}")
+        raise ConfigError(
+            f"pollIntervalMillis: invalid value {interval!r}: expected an integer >= {MIN_POLL_INTERVAL_MILLIS}"
+        )
     required = document.get("requiredNumericFields", ["transaction_amount"])
     if not isinstance(required, list) or not all(isinstance(f, str) and f for f in required):
         raise ConfigError(f"requiredNumericFields: invalid value {required!r}: expected a list of field names")

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Final
 
 
-class MalformedReason(str, Enum):
+class MalformedReason(StrEnum):
     """Why an event was not judged; the value is the metric label and log field."""
 
     NOT_JSON = "not_json"

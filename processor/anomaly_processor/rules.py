@@ -154,7 +154,7 @@ def _exact_number(path: str, value: object) -> Decimal:
 
 
 def _scalar(path: str, value: object) -> Any:
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, float, Decimal)):
         return _exact_number(path, value)

@@ -1,0 +1,80 @@
+"""Command line of the processor image: ``anomaly-processor --config FILE``.
+
+Runs one worker in the foreground until SIGTERM or SIGINT, then lets the batches in
+flight finish and checkpoint, and exits 0. Exit status 2 means the configuration file
+is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from anomaly_processor import logs
+from anomaly_processor.config import DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, ConfigError, ProcessorConfig, load_config
+from anomaly_processor.worker import Worker
+
+log = logging.getLogger("anomaly_processor")
+
+# The processor retries throttling itself with jitter; botocore's own retries stay short.
+CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=10)
+
+
+def make_clients(
+    config: ProcessorConfig, session: boto3.session.Session | None = None, endpoint_url: str | None = None
+) -> tuple[Any, Any]:
+    """Return Kinesis and DynamoDB clients.
+
+    Without ``endpoint_url``, botocore's AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_<SERVICE>
+    variables choose the endpoints, and real AWS when neither is set.
+    """
+    session = session or boto3.session.Session()
+    extra: dict[str, Any] = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    kinesis = session.client("kinesis", region_name=config.region, config=CLIENT_CONFIG, **extra)
+    dynamodb = session.client("dynamodb", region_name=config.region, config=CLIENT_CONFIG, **extra)
+    return kinesis, dynamodb
+
+
+def run(config: ProcessorConfig, session: boto3.session.Session | None = None, endpoint_url: str | None = None) -> int:
+    """Run a worker until SIGTERM or SIGINT; return the exit status."""
+    kinesis, dynamodb = make_clients(config, session, endpoint_url)
+    worker = Worker(config, kinesis, dynamodb)
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stop requested; finishing the batches in flight", extra={"signal": signal.Signals(signum).name})
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    worker.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anomaly-processor", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        default=os.environ.get(ENV_CONFIG_FILE, DEFAULT_CONFIG_FILE),
+        help=f"processor settings file (default: ${ENV_CONFIG_FILE} or {DEFAULT_CONFIG_FILE})",
+    )
+    parser.add_argument("--log-level", default="INFO", help="log level (default: INFO)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"anomaly-processor: {error}", file=sys.stderr)
+        return 2
+    logs.configure(args.log_level, pipeline=config.pipeline, worker=config.worker_id)
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
