@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -117,7 +118,7 @@ class RuleSet:
 
     match: str
     conditions: tuple[Condition, ...]
-    matches: Predicate
+    matches: Predicate = dataclass_field(compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the rule set in its spec form, for the processor's configuration file."""
