@@ -11,6 +11,7 @@ It does not decode bytes or decide what a malformed event is: see ``events``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -21,6 +22,7 @@ OPERATORS: Final = ("gt", "gte", "lt", "lte", "eq", "ne", "in", "exists")
 ORDERING_OPERATORS: Final = frozenset({"gt", "gte", "lt", "lte"})
 MATCH_MODES: Final = ("any", "all")
 FIELD_PATH_PATTERN: Final = r"^[A-Za-z0-9_$@-]+(\.[A-Za-z0-9_$@-]+)*$"
+MAX_FIELD_PATH_LENGTH: Final = 256
 MAX_CONDITIONS: Final = 64
 
 DEFAULT_RULE_SET: Final[Mapping[str, Any]] = {
@@ -54,7 +56,7 @@ RULE_SET_SCHEMA: Final[dict[str, Any]] = {
                     "field": {
                         "type": "string",
                         "pattern": FIELD_PATH_PATTERN,
-                        "maxLength": 256,
+                        "maxLength": MAX_FIELD_PATH_LENGTH,
                         "description": "Dotted path of the field in the event, for example payment.amount.",
                     },
                     "op": {
@@ -88,6 +90,8 @@ class RuleError(ValueError):
         self.value = value
         self.reason = reason
 
+
+_FIELD_PATH: Final = re.compile(FIELD_PATH_PATTERN)
 
 # Marks a missing field; distinct from JSON null.
 MISSING: Final = object()
@@ -130,10 +134,12 @@ class RuleSet:
 
 
 def _decimal_to_json(value: Decimal) -> int | float | str:
-    if value == value.to_integral_value() and abs(value) < 10**15:
+    # Python ints are exact at any size, so every whole number is written as one.
+    if value == value.to_integral_value():
         return int(value)
     as_float = float(value)
-    # Keep the exact text when a float would round it.
+    # Keep the exact text when a float would round it; only ordering operators meet such
+    # values, and they read a decimal string back as the same number.
     return as_float if Decimal(repr(as_float)) == value else str(value)
 
 
@@ -171,8 +177,13 @@ def parse_condition(path: str, raw: object) -> Condition:
         raise RuleError(f"{path}.{unknown[0]}", raw[unknown[0]], "unknown key; expected field, op and value")
 
     field = raw.get("field")
-    if not isinstance(field, str) or not field or any(not part for part in field.split(".")):
-        raise RuleError(f"{path}.field", field, "expected a dotted field path such as transaction_amount")
+    if not isinstance(field, str) or len(field) > MAX_FIELD_PATH_LENGTH or not _FIELD_PATH.fullmatch(field):
+        raise RuleError(
+            f"{path}.field",
+            field,
+            f"expected a dotted field path such as payment.amount: at most {MAX_FIELD_PATH_LENGTH} characters, "
+            "names of letters, digits, '_', '$', '@' and '-' joined by '.'",
+        )
     op = raw.get("op")
     if op not in OPERATORS:
         raise RuleError(f"{path}.op", op, f"unknown operator; expected one of {', '.join(OPERATORS)}")
