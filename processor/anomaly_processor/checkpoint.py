@@ -2,9 +2,10 @@
 
 One item per shard, keyed by ``leaseKey`` = shard id. A checkpoint is a sequence number
 plus a sub-sequence number (the position inside a KPL-aggregated record), or
-``SHARD_END`` once a closed shard has been read to its end. A checkpoint is written only
-after everything before it was forwarded, and never moves backwards: the write is
-conditional on the value this worker read or wrote last.
+``SHARD_END`` once a closed shard has been read to its end. The same item is the shard's
+lease (leases.py). A checkpoint is written only after everything before it was
+forwarded, and never moves backwards: the write is conditional on the value this worker
+read or wrote last and, when the store has an owner, on that worker holding the lease.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ SHARD_END: Final = "SHARD_END"
 KEY: Final = "leaseKey"
 
 
-class CheckpointConflictError(RuntimeError):
-    """Another writer changed the shard's checkpoint since this worker read it."""
+class LeaseLostError(RuntimeError):
+    """This worker no longer holds the shard's lease, so it must stop reading the shard."""
+
+
+class CheckpointConflictError(LeaseLostError):
+    """Another writer changed the shard's checkpoint or lease owner since this worker read it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +51,11 @@ class Checkpoint:
 class CheckpointStore:
     """Reads and writes checkpoint items of one table."""
 
-    def __init__(self, dynamodb: Any, table: str) -> None:
+    def __init__(self, dynamodb: Any, table: str, owner: str | None = None) -> None:
         self._dynamodb = dynamodb
         self._table = table
+        # With an owner, every write also requires that this worker holds the shard's lease.
+        self._owner = owner
 
     def read_item(self, shard_id: str) -> dict[str, Any] | None:
         response = self._dynamodb.get_item(TableName=self._table, Key={KEY: {"S": shard_id}}, ConsistentRead=True)
@@ -59,7 +66,10 @@ class CheckpointStore:
         return checkpoint_of(self.read_item(shard_id))
 
     def write(self, shard_id: str, checkpoint: Checkpoint, previous: Checkpoint | None) -> None:
-        """Write ``checkpoint`` if the stored one is still ``previous``; never move backwards."""
+        """Write ``checkpoint`` if the stored one is still ``previous``; never move backwards.
+
+        Raises CheckpointConflictError when the stored checkpoint or the lease owner differs.
+        """
         if previous is not None and checkpoint.is_before(previous):
             raise ValueError(f"checkpoint of shard {shard_id} would move back from {previous} to {checkpoint}")
         names = {"#checkpoint": "checkpoint", "#sub": "checkpointSubSequenceNumber"}
@@ -73,6 +83,10 @@ class CheckpointStore:
             condition = "#checkpoint = :previous AND #sub = :previous_sub"
             values[":previous"] = {"S": previous.sequence_number}
             values[":previous_sub"] = {"N": str(previous.sub_sequence_number)}
+        if self._owner is not None:
+            condition = f"({condition}) AND #owner = :owner"
+            names["#owner"] = "leaseOwner"
+            values[":owner"] = {"S": self._owner}
         try:
             self._dynamodb.update_item(
                 TableName=self._table,
@@ -84,8 +98,9 @@ class CheckpointStore:
             )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                holder = f", or worker {self._owner} no longer holds its lease" if self._owner else ""
                 raise CheckpointConflictError(
-                    f"checkpoint of shard {shard_id} in table {self._table} changed since it was read"
+                    f"checkpoint of shard {shard_id} in table {self._table} changed since it was read{holder}"
                 ) from error
             raise
 

@@ -21,7 +21,13 @@ from typing import Any, Final
 from botocore.exceptions import BotoCoreError, ClientError
 
 from anomaly_processor import metrics
-from anomaly_processor.checkpoint import SHARD_END, Checkpoint, CheckpointConflictError, CheckpointStore
+from anomaly_processor.checkpoint import (
+    SHARD_END,
+    Checkpoint,
+    CheckpointConflictError,
+    CheckpointStore,
+    LeaseLostError,
+)
 from anomaly_processor.detector import Detector
 from anomaly_processor.events import EventDecoder, MalformedReason
 from anomaly_processor.forwarder import Entry, Forwarder
@@ -85,6 +91,7 @@ class ShardConsumer:
         stop: threading.Event,
         start_checkpoint: Checkpoint | None,
         keep_going: Callable[[], bool] = lambda: True,
+        lease_usable: Callable[[], bool] = lambda: True,
     ) -> None:
         self.shard_id = shard_id
         self._stream = stream
@@ -95,23 +102,32 @@ class ShardConsumer:
         self._detector = detector
         self._stop = stop
         self._keep_going = keep_going
+        # Waits while the shard's lease renewals are late; False once the lease is lost.
+        self._lease_usable = lease_usable
         self.progress = ShardProgress(checkpoint=start_checkpoint)
         self._read_counter = metrics.RECORDS_READ.labels(stream=stream, shard=shard_id)
 
     def run(self) -> ShardProgress:
         context = {"stream": self._stream, "shard": self.shard_id}
         log.info("started reading shard", extra={**context, "checkpoint": self._describe_checkpoint()})
-        while not self._stop.is_set() and self._keep_going():
-            batch = self._reader.read()
-            if batch is None:
-                continue
-            if batch.records:
-                self._handle(batch.records)
-            if batch.shard_ended:
-                self._write_checkpoint(Checkpoint(SHARD_END))
-                self.progress.ended = True
-                log.info("shard read to its end", extra=context)
-                break
+        try:
+            while not self._stop.is_set() and self._keep_going():
+                batch = self._reader.read()
+                if batch is None:
+                    continue
+                # A worker whose lease was taken must not forward this batch: the new holder reads it.
+                if not self._lease_usable():
+                    break
+                if batch.records:
+                    self._handle(batch.records)
+                if batch.shard_ended:
+                    self._write_checkpoint(Checkpoint(SHARD_END))
+                    self.progress.ended = True
+                    log.info("shard read to its end", extra=context)
+                    break
+        except LeaseLostError as error:
+            # The batch in hand may have been forwarded but not checkpointed: the new holder forwards it again.
+            log.warning("lease lost while handling a batch", extra={**context, "error": str(error)})
         log.info("stopped reading shard", extra={**context, "checkpoint": self._describe_checkpoint()})
         return self.progress
 
