@@ -573,6 +573,24 @@ def test_operator_settings_become_environment() -> None:
     )
 
 
+def test_operator_env_is_read_by_operator_settings() -> None:
+    from anomaly_operator import settings
+
+    for values in sorted((OPERATOR / "ci").glob("*-values.yaml")):
+        env = operator_env(render(OPERATOR, [values]))
+        names = {name for name in env if name.startswith("ANOMALY_OPERATOR_")}
+        declared = {value for key, value in vars(settings).items() if key.startswith("ENV_")}
+        assert names - declared == set(), f"{values.name}: the operator reads no such variable"
+        # The image, not the chart, sets the helm binary and the chart directory.
+        assert declared - names == {settings.ENV_HELM, settings.ENV_PROCESSOR_CHART}
+
+        parsed = settings.OperatorSettings.from_env(env)
+        assert parsed.account_id == env["ANOMALY_OPERATOR_ACCOUNT_ID"]
+        assert parsed.allowed_prefixes == ("ingest-", "anomaly-", "anomaly-checkpoints-")
+        assert parsed.processor_image == env["ANOMALY_OPERATOR_PROCESSOR_IMAGE"]
+        assert parsed.verify_interval_seconds == 300
+
+
 def test_operator_derives_processor_image_from_own() -> None:
     env = operator_env(
         render(
