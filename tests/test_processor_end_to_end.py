@@ -21,7 +21,7 @@ from botocore.config import Config
 
 pytestmark = pytest.mark.e2e
 
-# moto answers a malformed request with HTTP 500; failing fast beats five retries.
+# moto returns HTTP 500 for a malformed request, so a test fails faster without retries.
 FAST_FAIL = Config(retries={"max_attempts": 1})
 
 MIXED_INPUTS = [

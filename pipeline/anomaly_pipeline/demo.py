@@ -2,8 +2,7 @@
 
 It provisions the pipeline, runs the processor with the processor role's credentials,
 writes events with the tester's credentials, reads the anomaly stream with the same
-tester credentials, and compares what arrived with what the threshold says should have
-arrived. Which events are anomalies is decided here independently of the processor's
+tester credentials, and compares what arrived with what the threshold defines as anomalies. Which events are anomalies is decided here independently of the processor's
 rules, from the amount's decimal text, so the demo checks the processor rather than
 repeating it.
 
@@ -109,7 +108,7 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
 
 
 def latency_summary(latencies: list[float]) -> dict[str, float | None]:
-    # Arrival timestamps have millisecond precision, so whole milliseconds say all there is.
+    # Arrival timestamps have millisecond precision, so latencies are whole milliseconds.
     ordered = sorted(round(value) for value in latencies)
     return {
         "p50": percentile(ordered, 0.50),

@@ -1,7 +1,7 @@
 """The embedded AWS endpoint: moto's server on 127.0.0.1.
 
 moto serves Kinesis, DynamoDB, IAM and STS on one port and accepts any credentials.
-It stands in for AWS on a machine without an account. It does not emulate Kinesis
+It replaces AWS on a machine without an account. It does not emulate Kinesis
 resharding faithfully, throttling, iterator expiry or partial PutRecords failures; the
 README lists what the tests use instead.
 """

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 POLICY_VERSION: Final = "2012-10-17"
 
-# What a tester may do: write events like the marketplace, read anomalies like a consumer.
+# Tester actions: write events like the marketplace, read anomalies like a consumer.
 TESTER_INPUT_ACTIONS: Final = (
     "kinesis:PutRecord",
     "kinesis:PutRecords",

@@ -35,7 +35,7 @@ WAIT_TIMEOUT_SECONDS: Final = 300.0
 
 
 class ProvisioningError(RuntimeError):
-    """A resource that cannot be created or adopted; the message says what to do."""
+    """A resource that cannot be created or adopted. The message names the fix."""
 
 
 class OwnershipError(ProvisioningError):
@@ -57,7 +57,7 @@ class NamedArn:
 
 @dataclass
 class Provisioned:
-    """What ``provision`` made or found, and what it changed on the way."""
+    """Resources that ``provision`` made or found, and the changes it made."""
 
     input: NamedArn
     output: NamedArn

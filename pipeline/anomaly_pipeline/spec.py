@@ -143,7 +143,7 @@ def derive_name(prefix: str, namespace: str, name: str, suffix: str, max_length:
 
 @cache
 def known_regions() -> frozenset[str]:
-    """Return every region where this botocore knows a Kinesis endpoint."""
+    """Return every region for which the installed botocore has a Kinesis endpoint."""
     import boto3
 
     session = boto3.session.Session()
