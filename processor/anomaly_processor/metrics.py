@@ -1,4 +1,4 @@
-"""Prometheus metrics of the processor.
+"""Prometheus metrics of the processor, served on ``/metrics`` by health.py.
 
 Counters are incremented once per batch, not per record, to keep the per-record path
 free of metric calls; only the latency histogram is observed per forwarded anomaly.
@@ -6,6 +6,7 @@ free of metric calls; only the latency histogram is observed per forwarded anoma
 
 from __future__ import annotations
 
+import contextlib
 from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -26,9 +27,17 @@ GET_RETRIES: Final = Counter(
     "anomaly_processor_get_retries", "GetRecords calls retried after throttling or an error.", ["stream", "reason"]
 )
 LEASES_HELD: Final = Gauge("anomaly_processor_leases_held", "Shard leases this worker holds.")
+LEASES_TAKEN: Final = Counter(
+    "anomaly_processor_leases_taken",
+    "Shard leases this worker took, by the lease's state before: free, expired, or restart (held by this worker id before).",
+    ["reason"],
+)
+LEASES_LOST: Final = Counter(
+    "anomaly_processor_leases_lost", "Shard leases this worker found taken by another worker before it released them."
+)
 MILLIS_BEHIND_LATEST: Final = Gauge(
     "anomaly_processor_millis_behind_latest",
-    "MillisBehindLatest of the last GetRecords, per shard.",
+    "MillisBehindLatest of the last GetRecords, per shard this worker holds.",
     ["stream", "shard"],
 )
 FORWARD_LATENCY: Final = Histogram(
@@ -36,3 +45,10 @@ FORWARD_LATENCY: Final = Histogram(
     "Time from the input record's arrival to the anomaly stream accepting it (PutRecords response).",
     buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
 )
+
+
+def forget_shard(stream: str, shard: str) -> None:
+    """Drop the per-shard gauge of a shard this worker no longer holds, so no stale lag is reported."""
+    # KeyError: the shard was never read here.
+    with contextlib.suppress(KeyError):
+        MILLIS_BEHIND_LATEST.remove(stream, shard)

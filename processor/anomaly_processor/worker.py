@@ -1,12 +1,17 @@
-"""The worker: finds the input stream's shards and runs one consumer thread per shard.
+"""The worker: holds shard leases and runs one consumer thread per leased shard.
 
-It lists shards every few seconds, so shards made by a split, a merge or
-UpdateShardCount are found without a restart. A child shard starts only after each of
-its parents has been read to its end (its checkpoint is ``SHARD_END``) or has left the
-stream's retention, so a partition key's records are read in order across a reshard.
+Several workers, in one process or many, share a stream through the leases in the
+checkpoint table (leases.py). The worker's own thread runs the lease loop: every
+``scan_interval`` it renews its leases, reads the table, takes free and expired leases
+up to its fair share, asks the busiest worker for a handoff when it has too few, and
+releases a lease once its consumer stops after a handoff or the shard's end. Every
+``discovery_interval``, and at once after a shard ends, it lists the stream's shards and
+creates leases for new ones, so shards made by a split, a merge or UpdateShardCount are
+found without a restart. A child shard is leased only after each of its parents has
+been read to its end, so a partition key's records are read in order across a reshard.
 
-``stop`` asks every consumer to finish its batch and checkpoint; ``run`` returns when
-all have.
+``stop`` asks every consumer to finish its batch and checkpoint; ``run`` then releases
+the leases, so other workers take them within a scan interval, and returns.
 """
 
 from __future__ import annotations
@@ -15,23 +20,36 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from anomaly_processor.checkpoint import CheckpointStore, checkpoint_of
+from anomaly_processor import metrics
+from anomaly_processor.checkpoint import CheckpointStore
 from anomaly_processor.config import ProcessorConfig
 from anomaly_processor.consumer import ShardConsumer, ShardProgress
 from anomaly_processor.detector import Detector, RuleDetector
 from anomaly_processor.events import EventDecoder
 from anomaly_processor.forwarder import Forwarder
+from anomaly_processor.leases import (
+    ExpiryClock,
+    HeldLease,
+    Lease,
+    LeaseSettings,
+    LeaseTable,
+    plan_leases,
+    should_hand_off,
+)
 from anomaly_processor.reader import ShardReader
 
 log = logging.getLogger(__name__)
 
 DISCOVERY_INTERVAL_SECONDS: Final = 5.0
+# A consumer that failed with an unexpected error restarts from its checkpoint after this delay.
 RESTART_DELAY_SECONDS: Final = 2.0
+# Repeated failures of one lease-loop step are logged on the first and then every this many.
+LOG_EVERY_FAILURES: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +75,15 @@ def list_shards(kinesis: Any, stream: str) -> list[Shard]:
         kwargs = {"NextToken": token}
 
 
+@dataclass
+class _Running:
+    consumer: ShardConsumer
+    thread: threading.Thread = field(init=False)
+    failed: bool = False
+
+
 class Worker:
-    """Runs the consumers of one processor process."""
+    """Runs the lease loop and the consumers of one processor process."""
 
     def __init__(
         self,
@@ -66,102 +91,345 @@ class Worker:
         kinesis: Any,
         dynamodb: Any,
         detector: Callable[[], Detector] | None = None,
-        discovery_interval: float = DISCOVERY_INTERVAL_SECONDS,
+        discovery_interval: float | None = None,
+        lease_settings: LeaseSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.worker_id = config.worker_id
+        settings = lease_settings or LeaseSettings()
+        if discovery_interval is not None:
+            settings = LeaseSettings(
+                duration=settings.duration,
+                renew_interval=settings.renew_interval,
+                scan_interval=min(settings.scan_interval, discovery_interval),
+                discovery_interval=discovery_interval,
+            )
+        self.lease_settings = settings
         self._kinesis = kinesis
-        self._checkpoints = CheckpointStore(dynamodb, config.checkpoint_table)
+        self._table = LeaseTable(dynamodb, config.checkpoint_table)
+        self._checkpoints = CheckpointStore(dynamodb, config.checkpoint_table, owner=config.worker_id)
         self._decoder = EventDecoder(config.required_numeric_fields)
         rule_detector = RuleDetector(config.rules)
         self._detector = detector or (lambda: rule_detector)
-        self._discovery_interval = discovery_interval
+        self._clock = clock
+        self._expiry = ExpiryClock(settings.duration, clock)
         self._stop = threading.Event()
-        self._threads: dict[str, threading.Thread] = {}
-        self._failed_at: dict[str, float] = {}
+        self._leases: dict[str, Lease] = {}
+        self._held: dict[str, HeldLease] = {}
+        self._running: dict[str, _Running] = {}
+        self._restart_at: dict[str, float] = {}
+        self._next_discovery = float("-inf")
+        self._failures: dict[str, int] = {}
+        self._context = {"stream": config.input_stream}
         self.finished: dict[str, ShardProgress] = {}
         self.ready = threading.Event()
+        # Monotonic time at which the lease loop last completed a pass; the liveness probe reads it.
+        self.last_pass_at: float | None = None
 
     def stop(self) -> None:
-        """Ask every consumer to finish its batch, checkpoint and stop."""
+        """Ask every consumer to finish its batch, checkpoint and stop; ``run`` then releases the leases."""
         self._stop.set()
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def held_shards(self) -> list[str]:
+        """Return the shard ids whose leases this worker holds now."""
+        return sorted(self._held)
+
     def run(self) -> None:
-        """Consume until ``stop`` is called; return once every consumer has stopped."""
+        """Run the lease loop until ``stop`` is called; return once every lease is released."""
         log.info(
             "worker started",
-            extra={"stream": self.config.input_stream, "anomaly_stream": self.config.output_stream},
+            extra={
+                **self._context,
+                "anomaly_stream": self.config.output_stream,
+                "lease_duration_seconds": self.lease_settings.duration,
+            },
         )
         while not self._stop.is_set():
-            try:
-                self._start_ready_shards()
-                self.ready.set()
-            except (ClientError, BotoCoreError) as error:
+            self._pass()
+            self._stop.wait(self.lease_settings.scan_interval)
+        self._shut_down()
+        log.info("worker stopped", extra=self._context)
+
+    # The lease loop
+
+    def _pass(self) -> None:
+        self._reap_consumers()
+        if self._clock() >= self._next_discovery:
+            self._attempt("discover", self._discover)
+        self._renew_due()
+        if self._attempt("scan", self._scan_and_balance):
+            self.ready.set()
+        self._restart_failed_consumers()
+        metrics.LEASES_HELD.set(len(self._held))
+        self.last_pass_at = self._clock()
+
+    def _attempt(self, step: str, action: Callable[[], None]) -> bool:
+        """Run one step of the lease loop; log and count an AWS failure instead of raising it."""
+        try:
+            action()
+        except (ClientError, BotoCoreError) as error:
+            failures = self._failures.get(step, 0) + 1
+            self._failures[step] = failures
+            if failures == 1 or failures % LOG_EVERY_FAILURES == 0:
                 log.warning(
-                    "listing shards failed; retrying",
-                    extra={"stream": self.config.input_stream, "error": str(error)},
+                    "lease loop step failed; retrying at the next pass",
+                    extra={**self._context, "step": step, "attempt": failures, "error": str(error)},
                 )
-            self._stop.wait(self._discovery_interval)
-        for thread in list(self._threads.values()):
-            thread.join()
-        log.info("worker stopped", extra={"stream": self.config.input_stream})
+            return False
+        if self._failures.pop(step, 0):
+            log.info("lease loop step succeeded again", extra={**self._context, "step": step})
+        return True
 
-    def _start_ready_shards(self) -> None:
-        self._threads = {shard_id: t for shard_id, t in self._threads.items() if t.is_alive()}
+    def _discover(self) -> None:
+        """List the stream's shards and create a lease for each shard that has none."""
+        self._next_discovery = self._clock() + self.lease_settings.discovery_interval
         shards = list_shards(self._kinesis, self.config.input_stream)
-        items = self._checkpoints.read_all()
-        listed = {s.shard_id for s in shards}
-        ended = {shard_id for shard_id, item in items.items() if (c := checkpoint_of(item)) and c.is_shard_end}
-        now = time.monotonic()
+        # ListShards returns parents before their children, so a child's lease never exists without its parents'.
         for shard in shards:
-            if shard.shard_id in self._threads or shard.shard_id in ended:
-                continue
-            if now - self._failed_at.get(shard.shard_id, float("-inf")) < RESTART_DELAY_SECONDS:
-                continue
-            if any(parent in listed and parent not in ended for parent in shard.parent_ids):
-                continue
-            known_parent = any(parent in listed or parent in items for parent in shard.parent_ids)
-            self._start(shard, checkpoint_of(items.get(shard.shard_id)), known_parent)
+            if shard.shard_id not in self._leases and self._table.create(shard.shard_id, shard.parent_ids):
+                log.info(
+                    "created lease for new shard",
+                    extra={**self._context, "shard": shard.shard_id, "parents": list(shard.parent_ids)},
+                )
+        listed = {shard.shard_id for shard in shards}
+        for lease in self._leases.values():
+            # A shard that ended and left the stream's retention needs its lease no more.
+            if lease.ended and lease.shard_id not in listed and self._table.delete_ended(lease.shard_id):
+                log.info("deleted lease of a shard past retention", extra={**self._context, "shard": lease.shard_id})
 
-    def _start(self, shard: Shard, checkpoint: Any, known_parent: bool) -> None:
+    def _renew_due(self) -> None:
+        now = self._clock()
+        for lease in list(self._held.values()):
+            if lease.lost.is_set() or now - lease.renewed_at < self.lease_settings.renew_interval:
+                continue
+            sent = self._clock()
+            try:
+                renewed = self._table.renew(lease.shard_id, self.worker_id, lease.counter)
+            except (ClientError, BotoCoreError) as error:
+                self._log_renew_failure(lease, error)
+                continue
+            if renewed:
+                lease.counter += 1
+                lease.renewed_at = sent
+            else:
+                self._lose(lease, "renewal found another owner or counter")
+
+    def _log_renew_failure(self, lease: HeldLease, error: Exception) -> None:
+        failures = self._failures.get("renew", 0) + 1
+        self._failures["renew"] = failures
+        if failures == 1 or failures % LOG_EVERY_FAILURES == 0:
+            log.warning(
+                "lease renewal failed; the consumer pauses before forwarding once the lease is half expired",
+                extra={**self._context, "shard": lease.shard_id, "attempt": failures, "error": str(error)},
+            )
+
+    def _scan_and_balance(self) -> None:
+        leases = self._table.scan()
+        self._leases = leases
+        self._expiry.observe(leases)
+        self._check_held(leases)
+        if self._stop.is_set():
+            return
+        plan = plan_leases(leases, self.worker_id, self._held, self._expiry.expired, busy=self._running)
+        for lease in plan.take:
+            self._take(lease)
+        request = plan.request
+        if request is not None and request.owner is not None:
+            self._request_handoff(request, request.owner, plan.target)
+
+    def _request_handoff(self, lease: Lease, owner: str, target: int) -> None:
+        if self._table.request_handoff(lease.shard_id, owner, self.worker_id):
+            log.info(
+                "requested a lease handoff",
+                extra={**self._context, "shard": lease.shard_id, "owner": owner, "target": target},
+            )
+
+    def _check_held(self, leases: dict[str, Lease]) -> None:
+        """Notice leases taken by others, and answer handoff requests for held leases."""
+        mine = sum(1 for lease in self._held.values() if not lease.handing_off and not lease.lost.is_set())
+        for held in list(self._held.values()):
+            item = leases.get(held.shard_id)
+            if item is None or item.owner != self.worker_id or item.counter != held.counter:
+                self._lose(held, f"the table shows owner {item.owner if item else None}")
+                continue
+            requester = item.requested_by
+            if requester is None or requester == self.worker_id or held.handing_off or self._stop.is_set():
+                continue
+            if should_hand_off(leases, self.worker_id, requester, mine):
+                held.handing_off = True
+                mine -= 1
+                log.info(
+                    "handing off lease after the batch in flight",
+                    extra={**self._context, "shard": held.shard_id, "requester": requester},
+                )
+            else:
+                self._table.decline_handoff(held.shard_id, self.worker_id, requester)
+
+    def _take(self, lease: Lease) -> None:
+        reason = "free" if lease.owner is None else ("restart" if lease.owner == self.worker_id else "expired")
+        sent = self._clock()
+        taken = self._table.take(lease, self.worker_id)
+        if taken is None:
+            return  # another worker took it first
+        held = HeldLease(
+            shard_id=taken.shard_id,
+            counter=taken.counter,
+            renewed_at=sent,
+            valid_for=self.lease_settings.valid_for,
+            clock=self._clock,
+            checkpoint=taken.checkpoint,
+            parent_ids=taken.parent_ids,
+        )
+        self._held[taken.shard_id] = held
+        self._leases[taken.shard_id] = taken
+        metrics.LEASES_TAKEN.labels(reason=reason).inc()
+        log.info(
+            "took lease",
+            extra={
+                **self._context,
+                "shard": taken.shard_id,
+                "reason": reason,
+                "previous_owner": lease.owner,
+                "checkpoint": taken.checkpoint.sequence_number if taken.checkpoint else None,
+            },
+        )
+        self._start_consumer(held)
+
+    def _lose(self, held: HeldLease, why: str) -> None:
+        if held.lost.is_set():
+            return
+        held.lost.set()
+        metrics.LEASES_LOST.inc()
+        log.warning(
+            "lost lease; stopping the shard's consumer", extra={**self._context, "shard": held.shard_id, "why": why}
+        )
+        if held.shard_id not in self._running:
+            self._forget(held.shard_id)
+
+    def _release(self, held: HeldLease) -> None:
+        try:
+            released = self._table.release(held.shard_id, self.worker_id, held.counter)
+        except (ClientError, BotoCoreError) as error:
+            # The lease expires instead, after the lease duration.
+            log.warning("releasing lease failed", extra={**self._context, "shard": held.shard_id, "error": str(error)})
+            released = False
+        if released:
+            log.info("released lease", extra={**self._context, "shard": held.shard_id})
+        self._forget(held.shard_id)
+
+    def _forget(self, shard_id: str) -> None:
+        self._held.pop(shard_id, None)
+        self._restart_at.pop(shard_id, None)
+        metrics.forget_shard(self.config.input_stream, shard_id)
+
+    # Consumers
+
+    def _start_consumer(self, held: HeldLease) -> None:
         config = self.config
+        checkpoint = held.checkpoint
         # A child's records follow its parents', so it is read from its start whatever the configured position.
+        known_parent = any(parent in self._leases for parent in held.parent_ids)
         position = "TRIM_HORIZON" if known_parent else config.starting_position
         reader = ShardReader(
             self._kinesis,
             config.input_stream,
-            shard.shard_id,
+            held.shard_id,
             checkpoint.sequence_number if checkpoint else None,
             position,
             config.poll_interval_millis / 1000,
         )
         consumer = ShardConsumer(
-            shard_id=shard.shard_id,
+            shard_id=held.shard_id,
             stream=config.input_stream,
             reader=reader,
-            forwarder=Forwarder(self._kinesis, config.output_stream, shard.shard_id),
+            forwarder=Forwarder(self._kinesis, config.output_stream, held.shard_id),
             checkpoints=self._checkpoints,
             decoder=self._decoder,
             detector=self._detector,
             stop=self._stop,
             start_checkpoint=checkpoint,
+            keep_going=held.keep_reading,
+            lease_usable=lambda: held.wait_usable(self._stop),
         )
-        thread = threading.Thread(target=self._run_consumer, args=(consumer,), name=f"shard-{shard.shard_id}")
-        self._threads[shard.shard_id] = thread
-        thread.start()
+        running = _Running(consumer)
+        running.thread = threading.Thread(target=self._run_consumer, args=(running,), name=f"shard-{held.shard_id}")
+        self._running[held.shard_id] = running
+        running.thread.start()
 
-    def _run_consumer(self, consumer: ShardConsumer) -> None:
+    def _run_consumer(self, running: _Running) -> None:
+        consumer = running.consumer
         try:
-            progress = consumer.run()
+            consumer.run()
         except Exception:
-            # A consumer that fails is restarted from its checkpoint at the next discovery.
+            # The lease loop restarts a failed consumer from its checkpoint after a delay.
             log.exception(
                 "shard consumer failed; it restarts from its checkpoint",
-                extra={"stream": self.config.input_stream, "shard": consumer.shard_id},
+                extra={**self._context, "shard": consumer.shard_id},
             )
-            self._failed_at[consumer.shard_id] = time.monotonic()
+            running.failed = True
+
+    def _reap_consumers(self) -> None:
+        """Collect stopped consumers; release leases after a shard end or handoff, or when stopping."""
+        for shard_id, running in list(self._running.items()):
+            if running.thread.is_alive():
+                continue
+            del self._running[shard_id]
+            progress = running.consumer.progress
+            self._add_progress(shard_id, progress)
+            held = self._held.get(shard_id)
+            if held is None:
+                continue
+            held.checkpoint = progress.checkpoint
+            if held.lost.is_set():
+                self._forget(shard_id)
+            elif running.failed and not self._stop.is_set() and not held.handing_off:
+                self._restart_at[shard_id] = self._clock() + RESTART_DELAY_SECONDS
+            elif progress.ended or held.handing_off or self._stop.is_set():
+                self._release(held)
+                if progress.ended:
+                    self._next_discovery = float("-inf")  # create the children's leases now
+            else:
+                # The consumer returned without an end, a handoff or a stop: read on from its checkpoint.
+                self._restart_at[shard_id] = self._clock()
+
+    def _restart_failed_consumers(self) -> None:
+        now = self._clock()
+        for shard_id, due in list(self._restart_at.items()):
+            held = self._held.get(shard_id)
+            if held is None or shard_id in self._running:
+                self._restart_at.pop(shard_id, None)
+                continue
+            if now >= due and not self._stop.is_set():
+                del self._restart_at[shard_id]
+                self._start_consumer(held)
+
+    def _add_progress(self, shard_id: str, progress: ShardProgress) -> None:
+        total = self.finished.get(shard_id)
+        if total is None:
+            self.finished[shard_id] = progress
             return
-        self.finished[consumer.shard_id] = progress
+        total.records += progress.records
+        total.anomalies += progress.anomalies
+        total.malformed += progress.malformed
+        total.checkpoint = progress.checkpoint or total.checkpoint
+        total.ended = total.ended or progress.ended
+        total.errors.extend(progress.errors)
+
+    def _shut_down(self) -> None:
+        """Keep renewing while the consumers finish their batches, then release every lease."""
+        while any(running.thread.is_alive() for running in self._running.values()):
+            self._renew_due()
+            for running in list(self._running.values()):
+                running.thread.join(timeout=self.lease_settings.scan_interval / max(1, len(self._running)))
+        self._reap_consumers()
+        for held in list(self._held.values()):
+            if held.lost.is_set():
+                self._forget(held.shard_id)
+            else:
+                self._release(held)
+        metrics.LEASES_HELD.set(0)
