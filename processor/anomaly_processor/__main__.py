@@ -1,8 +1,10 @@
 """Command line of the processor image: ``anomaly-processor --config FILE``.
 
 Runs one worker in the foreground until SIGTERM or SIGINT, then lets the batches in
-flight finish and checkpoint, and exits 0. Exit status 2 means the configuration file
-is invalid.
+flight finish and checkpoint, releases the worker's shard leases so other replicas take
+them at once, and exits 0. It serves ``/metrics``, ``/healthz`` and ``/readyz`` on the
+metrics port meanwhile (health.py). Exit status 2 means the configuration file or a
+setting from the environment is invalid; 1 means the metrics port could not be opened.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ import boto3
 from botocore.config import Config
 
 from anomaly_processor import logs
-from anomaly_processor.config import DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, ConfigError, ProcessorConfig, load_config
+from anomaly_processor.config import (
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_METRICS_PORT,
+    ENV_CONFIG_FILE,
+    ENV_METRICS_PORT,
+    ConfigError,
+    ProcessorConfig,
+    load_config,
+)
+from anomaly_processor.health import HealthServer, metrics_address
+from anomaly_processor.leases import LeaseSettings
 from anomaly_processor.worker import Worker
 
 log = logging.getLogger("anomaly_processor")
@@ -44,17 +56,39 @@ def make_clients(
 
 
 def run(config: ProcessorConfig, session: boto3.session.Session | None = None, endpoint_url: str | None = None) -> int:
-    """Run a worker until SIGTERM or SIGINT; return the exit status."""
+    """Run a worker and its metrics port until SIGTERM or SIGINT; return the exit status."""
+    try:
+        lease_settings = LeaseSettings.from_environment()
+    except ValueError as error:
+        log.error("invalid lease setting", extra={"error": str(error)})
+        return 2
     kinesis, dynamodb = make_clients(config, session, endpoint_url)
-    worker = Worker(config, kinesis, dynamodb)
+    worker = Worker(config, kinesis, dynamodb, lease_settings=lease_settings)
+    port = DEFAULT_METRICS_PORT if config.metrics_port is None else config.metrics_port
+    address = metrics_address()
+    try:
+        health = HealthServer(worker, address, port).start()
+    except OSError as error:
+        log.error(
+            "cannot listen on the metrics port; set %s to a free port",
+            ENV_METRICS_PORT,
+            extra={"address": address, "port": port, "error": str(error)},
+        )
+        return 1
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("stop requested; finishing the batches in flight", extra={"signal": signal.Signals(signum).name})
+        log.info(
+            "stop requested; finishing the batches in flight, then releasing the leases",
+            extra={"signal": signal.Signals(signum).name},
+        )
         worker.stop()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        health.stop()
     return 0
 
 
