@@ -19,10 +19,10 @@ from typing import Any, Final
 import boto3
 import pytest
 import yaml
-from parliament import analyze_policy_string
-
 from anomaly_pipeline import policies
 from anomaly_pipeline.spec import load_pipeline_file
+from parliament import analyze_policy_string
+
 from tests.tools.paths import REPO_ROOT
 
 INFRA: Final = REPO_ROOT / "infra"
