@@ -1,0 +1,180 @@
+"""The processor's Kubernetes objects: rendered with ``helm template``, applied with owner references.
+
+The anomaly-processor chart is the one description of those objects, so the operator does not
+build manifests itself: it writes the chart's values (the processor settings document,
+replicas, ServiceAccount and image), runs ``helm template``, sets the namespace and an owner
+reference to the AnomalyPipeline on every object, and applies each through ``kube``. It does
+not install a Helm release: nothing is stored in the cluster besides the objects themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from anomaly_pipeline.spec import Pipeline
+from anomaly_processor.config import ProcessorConfig
+
+from anomaly_operator.errors import RenderError
+from anomaly_operator.kube import ObjectApi, merge_patch, resource_path
+from anomaly_operator.settings import OperatorSettings
+
+# Helm rejects release names longer than 53 characters; Kubernetes object names may be 63.
+HELM_RELEASE_NAME_MAX: Final = 53
+SERVICE_ACCOUNT_NAME_MAX: Final = 63
+HELM_TIMEOUT_SECONDS: Final = 60
+# NOTE: the processor does not share shards between pods through leases yet, so a second pod
+# would read every shard again and forward each anomaly twice. Until it does, one replica.
+PROCESSOR_SHARES_SHARDS: Final = False
+
+
+def _cut(name: str, limit: int) -> str:
+    """Return ``name``, or its first characters and a hash of the whole when it is longer than ``limit``."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
+def release_name(pipeline: Pipeline) -> str:
+    return _cut(pipeline.name, HELM_RELEASE_NAME_MAX)
+
+
+def service_account_name(pipeline: Pipeline) -> str:
+    """Return the processor's ServiceAccount name, which the processor role's IRSA trust names too."""
+    return _cut(f"{pipeline.name}-processor", SERVICE_ACCOUNT_NAME_MAX)
+
+
+def processor_replicas(open_shards: int, max_replicas: int) -> int:
+    """Return the Deployment's replicas: one pod per open shard at most, and at most ``max_replicas``."""
+    if not PROCESSOR_SHARES_SHARDS:
+        return 1
+    return max(1, min(open_shards, max_replicas))
+
+
+def processor_settings(pipeline: Pipeline) -> dict[str, Any]:
+    """Return the processor settings document, the ``processor.yaml`` of the ConfigMap."""
+    config = ProcessorConfig(
+        pipeline=pipeline.key,
+        region=pipeline.region,
+        input_stream=pipeline.input.name,
+        output_stream=pipeline.output.name,
+        checkpoint_table=pipeline.checkpoint_table,
+        rules=pipeline.rules,
+        starting_position=pipeline.input.starting_position,
+        poll_interval_millis=pipeline.poll_interval_millis,
+        required_numeric_fields=pipeline.required_numeric_fields,
+    )
+    return config.as_document()
+
+
+def chart_values(
+    pipeline: Pipeline, settings: OperatorSettings, processor_role_arn: str, open_shards: int
+) -> dict[str, Any]:
+    """Return the anomaly-processor chart's values for this pipeline."""
+    return {
+        "pipeline": processor_settings(pipeline),
+        "replicaCount": processor_replicas(open_shards, pipeline.max_replicas),
+        "image": settings.image.as_values(),
+        "serviceAccount": {"create": True, "name": service_account_name(pipeline), "roleArn": processor_role_arn},
+    }
+
+
+def render(settings: OperatorSettings, pipeline: Pipeline, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Run ``helm template`` on the processor chart and return the rendered objects."""
+    helm = shutil.which(settings.helm)
+    if helm is None:
+        raise RenderError(f"helm not found at {settings.helm!r}: set ANOMALY_OPERATOR_HELM to the helm binary")
+    if not (settings.processor_chart / "Chart.yaml").is_file():
+        raise RenderError(
+            f"no chart at {settings.processor_chart}: set ANOMALY_OPERATOR_PROCESSOR_CHART to the anomaly-processor chart"
+        )
+    with tempfile.TemporaryDirectory(prefix="anomaly-operator-") as scratch:
+        values_file = Path(scratch) / "values.json"
+        values_file.write_text(json.dumps(values), encoding="utf-8")
+        command = [
+            helm,
+            "template",
+            release_name(pipeline),
+            str(settings.processor_chart),
+            "--namespace",
+            pipeline.namespace,
+            "--values",
+            str(values_file),
+        ]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=HELM_TIMEOUT_SECONDS, check=False)  # noqa: S603
+        except subprocess.TimeoutExpired as error:
+            raise RenderError(f"helm template timed out after {HELM_TIMEOUT_SECONDS} s") from error
+    if result.returncode != 0:
+        raise RenderError(f"helm template {settings.processor_chart} failed: {result.stderr.strip()}")
+    return [dict(d) for d in yaml.safe_load_all(result.stdout) if isinstance(d, Mapping)]
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a controller owner reference to the AnomalyPipeline ``owner``."""
+    metadata = owner["metadata"]
+    if not metadata.get("uid"):
+        raise RenderError(f"{metadata.get('namespace')}/{metadata.get('name')} has no metadata.uid to own objects by")
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": metadata["name"],
+        "uid": metadata["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def owned(objects: Iterable[Mapping[str, Any]], namespace: str, reference: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Return copies of ``objects`` placed in ``namespace`` and owned through ``reference``."""
+    result = []
+    for manifest in objects:
+        desired = json.loads(json.dumps(manifest))
+        metadata = desired.setdefault("metadata", {})
+        metadata["namespace"] = namespace
+        metadata["ownerReferences"] = [dict(reference)]
+        result.append(desired)
+    return result
+
+
+def object_ref(manifest: Mapping[str, Any]) -> dict[str, str]:
+    return {"apiVersion": manifest["apiVersion"], "kind": manifest["kind"], "name": manifest["metadata"]["name"]}
+
+
+def apply(kube: ObjectApi, objects: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Create missing objects and merge-patch those whose rendered fields differ; return the changes.
+
+    Every object's kind is checked first, so a kind the operator cannot manage changes nothing.
+    """
+    objects = list(objects)
+    for desired in objects:
+        resource_path(desired["apiVersion"], desired["kind"])
+    changes: list[str] = []
+    for desired in objects:
+        ref = object_ref(desired)
+        namespace = desired["metadata"]["namespace"]
+        live = kube.get(ref["apiVersion"], ref["kind"], namespace, ref["name"])
+        if live is None:
+            kube.create(desired)
+            changes.append(f"created {ref['kind']} {namespace}/{ref['name']}")
+        elif merge_patch(live, desired) != live:
+            kube.patch(ref["apiVersion"], ref["kind"], namespace, ref["name"], desired)
+            changes.append(f"updated {ref['kind']} {namespace}/{ref['name']}")
+    return changes
+
+
+def delete(kube: ObjectApi, namespace: str, refs: Iterable[Mapping[str, str]]) -> list[str]:
+    """Delete each referenced object; one already gone counts as deleted."""
+    changes: list[str] = []
+    for ref in refs:
+        if kube.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"]):
+            changes.append(f"deleted {ref['kind']} {namespace}/{ref['name']}")
+    return changes
