@@ -5,8 +5,12 @@ of the batch accepted, so a crash re-forwards at most that batch and loses nothi
 stop request is honoured between batches: the batch in flight is finished and
 checkpointed first.
 
-``select_anomalies`` is the per-record path: decode, judge, collect. It logs nothing;
-malformed records are returned for the caller to count and log once per batch.
+``select_anomalies`` (in ``selection``) is the per-record path: de-aggregate, decode,
+judge, collect. It logs nothing; the consumer counts and logs malformed records and
+shadow verdicts once per batch, and writes a dead-letter envelope for each malformed
+record when a dead-letter stream is set. Dead letters, like anomalies, are accepted
+before the checkpoint moves. The checkpoint carries the sub-sequence number of the
+batch's last user record.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,39 +32,19 @@ from anomaly_processor.checkpoint import (
     CheckpointStore,
     LeaseLostError,
 )
-from anomaly_processor.detector import Detector
-from anomaly_processor.events import EventDecoder, MalformedReason
-from anomaly_processor.forwarder import Entry, Forwarder
+from anomaly_processor.deadletter import build_envelopes
+from anomaly_processor.detector import Detector, DetectorSource, FixedDetectors
+from anomaly_processor.events import EventDecoder, Malformed, MalformedReason
+from anomaly_processor.forwarder import Forwarder
 from anomaly_processor.reader import ShardReader
+from anomaly_processor.selection import BatchTally, ShadowTally, select_anomalies
+
+__all__ = ["Malformed", "ShardConsumer", "ShardProgress", "select_anomalies"]
 
 log = logging.getLogger(__name__)
 
 # Malformed records are logged one line each, up to this many per batch; the rest are counted.
 MAX_MALFORMED_LOG_LINES_PER_BATCH: Final = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Malformed:
-    sequence_number: str
-    reason: MalformedReason
-
-
-def select_anomalies(
-    records: Iterable[dict[str, Any]],
-    decode: Callable[[bytes], tuple[dict[str, Any] | None, MalformedReason | None]],
-    is_anomaly: Callable[[dict[str, Any]], bool],
-) -> tuple[list[Entry], list[Malformed]]:
-    """Judge each record; return the anomalies to forward and the malformed records."""
-    entries: list[Entry] = []
-    malformed: list[Malformed] = []
-    for record in records:
-        data = record["Data"]
-        event, reason = decode(data)
-        if event is None:
-            malformed.append(Malformed(record["SequenceNumber"], reason))  # type: ignore[arg-type]
-        elif is_anomaly(event):
-            entries.append(Entry(data, record["PartitionKey"], record["ApproximateArrivalTimestamp"].timestamp()))
-    return entries, malformed
 
 
 @dataclass
@@ -87,11 +71,13 @@ class ShardConsumer:
         forwarder: Forwarder,
         checkpoints: CheckpointStore,
         decoder: EventDecoder,
-        detector: Callable[[], Detector],
+        detector: Callable[[], Detector] | None = None,
         stop: threading.Event,
         start_checkpoint: Checkpoint | None,
         keep_going: Callable[[], bool] = lambda: True,
         lease_usable: Callable[[], bool] = lambda: True,
+        detectors: DetectorSource | None = None,
+        dead_letters: Forwarder | None = None,
     ) -> None:
         self.shard_id = shard_id
         self._stream = stream
@@ -99,13 +85,22 @@ class ShardConsumer:
         self._forwarder = forwarder
         self._checkpoints = checkpoints
         self._decode = decoder.decode
-        self._detector = detector
+        if detectors is None:
+            # TODO: remove ``detector`` once the worker passes ``detectors``; until then no reload reaches here.
+            if detector is None:
+                raise ValueError("ShardConsumer needs detectors (or a detector function)")
+            detectors = FixedDetectors(detector())
+        self._detectors = detectors
+        self._dead_letters = dead_letters
+        # The start checkpoint, until the first batch: the reader may return its record again.
+        self._resume_after = start_checkpoint if start_checkpoint and not start_checkpoint.is_shard_end else None
         self._stop = stop
         self._keep_going = keep_going
         # Waits while the shard's lease renewals are late; False once the lease is lost.
         self._lease_usable = lease_usable
         self.progress = ShardProgress(checkpoint=start_checkpoint)
         self._read_counter = metrics.RECORDS_READ.labels(stream=stream, shard=shard_id)
+        self._user_record_counter = metrics.USER_RECORDS_DEAGGREGATED.labels(stream=stream, shard=shard_id)
 
     def run(self) -> ShardProgress:
         context = {"stream": self._stream, "shard": self.shard_id}
@@ -132,15 +127,22 @@ class ShardConsumer:
         return self.progress
 
     def _handle(self, records: list[dict[str, Any]]) -> None:
-        detector = self._detector()  # taken once per batch, so a rule reload applies between batches
-        entries, malformed = select_anomalies(records, self._decode, detector.is_anomaly)
+        tally = BatchTally()
+        entries, malformed = select_anomalies(records, self._decode, self._detectors, tally, self._resume_after)
+        self._resume_after = None
         self._read_counter.inc(len(records))
+        if tally.user_records:
+            self._user_record_counter.inc(tally.user_records)
+        for shadow in tally.shadows:
+            self._report_shadow(shadow)
         if malformed:
             self._report_malformed(malformed)
         if entries:
             self._forwarder.forward(entries)
+        if malformed and self._dead_letters is not None:
+            self._write_dead_letters(malformed)
         last = records[-1]["SequenceNumber"]
-        self._write_checkpoint(Checkpoint(last))
+        self._write_checkpoint(Checkpoint(last, tally.last_sub_sequence_number))
         self._reader.confirm(last)
         self.progress.records += len(records)
         self.progress.anomalies += len(entries)
@@ -178,7 +180,10 @@ class ShardConsumer:
                     "stream": self._stream,
                     "shard": self.shard_id,
                     "sequence_number": item.sequence_number,
+                    "sub_sequence_number": item.sub_sequence_number,
                     "reason": item.reason.value,
+                    "detail": item.detail,
+                    "dead_letter": self._dead_letters is not None,
                 },
             )
         if len(malformed) > MAX_MALFORMED_LOG_LINES_PER_BATCH:
@@ -189,6 +194,45 @@ class ShardConsumer:
                     "shard": self.shard_id,
                     "not_logged": len(malformed) - MAX_MALFORMED_LOG_LINES_PER_BATCH,
                     "last_sequence_number": malformed[-1].sequence_number,
+                },
+            )
+
+    def _write_dead_letters(self, malformed: list[Malformed]) -> None:
+        """Write one envelope per malformed record; returns once all are accepted, retrying like a forward."""
+        assert self._dead_letters is not None
+        envelopes, truncated = build_envelopes(malformed, self._stream, self.shard_id)
+        if truncated:
+            metrics.DEAD_LETTERS_TRUNCATED.labels(stream=self._stream).inc(truncated)
+            log.warning(
+                "dead-letter envelopes cut to the 1 MiB record limit",
+                extra={"stream": self._stream, "shard": self.shard_id, "truncated": truncated},
+            )
+        self._dead_letters.forward(envelopes)
+
+    def _report_shadow(self, shadow: ShadowTally) -> None:
+        name = shadow.detector.name
+        outcomes = shadow.outcomes
+        labels = (
+            ("agreement", "normal", outcomes[0]),
+            ("disagreement", "normal", outcomes[1]),
+            ("disagreement", "anomalous", outcomes[2]),
+            ("agreement", "anomalous", outcomes[3]),
+        )
+        for result, verdict, count in labels:
+            if count:
+                metrics.SHADOW_VERDICTS.labels(
+                    stream=self._stream, detector=name, result=result, shadow_verdict=verdict
+                ).inc(count)
+        if shadow.errors:
+            metrics.SHADOW_ERRORS.labels(stream=self._stream, detector=name).inc(shadow.errors)
+            log.warning(
+                "shadow detector failed on events; the active verdicts stand",
+                extra={
+                    "stream": self._stream,
+                    "shard": self.shard_id,
+                    "detector": name,
+                    "failed_events": shadow.errors,
+                    "error": shadow.last_error,
                 },
             )
 

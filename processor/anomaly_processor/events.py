@@ -3,7 +3,9 @@
 An event is a JSON object encoded in UTF-8. It is malformed when its bytes are not
 JSON, when the JSON is not an object, or when a required numeric field is missing or
 is not a JSON number (a string such as "150", null and booleans are not numbers).
-Floats are decoded as ``Decimal`` so that the rules compare them exactly.
+Floats are decoded as ``Decimal`` so that the rules compare them exactly. A record in
+the KPL aggregated format that cannot be de-aggregated is malformed as a whole (see
+``kpl``); the user records of a sound aggregate are decoded here one by one.
 
 This is on the per-record path: no logging, no allocation beyond the decoded event.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
@@ -24,6 +28,22 @@ class MalformedReason(StrEnum):
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
     NOT_A_NUMBER = "not_a_number"
+    CORRUPT_AGGREGATE = "corrupt_aggregate"
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A record, or a user record of an aggregate, that was not judged, with what a dead letter needs."""
+
+    sequence_number: str
+    reason: MalformedReason
+    data: bytes = b""
+    partition_key: str = ""
+    arrival: datetime | None = None
+    # Position inside a KPL aggregate; None for a record that is not aggregated.
+    sub_sequence_number: int | None = None
+    # What exactly was wrong, where the reason alone does not say (a corrupt aggregate).
+    detail: str = ""
 
 
 def _reject_constant(name: str) -> Any:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Counter, Histogram
 
 from anomaly_processor import metrics
 
@@ -71,14 +72,24 @@ class Forwarder:
         stream: str,
         shard_label: str = "",
         sleep: Callable[[float], None] = time.sleep,
+        *,
+        accepted_counter: Counter | None = None,
+        latency: Histogram | None = metrics.FORWARD_LATENCY,
     ) -> None:
+        """Write to ``stream``; by default count accepted entries as anomalies and observe their latency.
+
+        The dead-letter stream's forwarder passes its own ``accepted_counter`` and no
+        ``latency``, so dead letters do not count as anomalies in the forward metrics.
+        """
         self._kinesis = kinesis
         self._stream = stream
         self._sleep = sleep
         self._shard = shard_label
         self._retries = metrics.PUT_RETRIES.labels(stream=stream)
-        self._forwarded = metrics.ANOMALIES_FORWARDED.labels(stream=stream)
-        self._latency = metrics.FORWARD_LATENCY
+        if accepted_counter is None:
+            accepted_counter = metrics.ANOMALIES_FORWARDED.labels(stream=stream)
+        self._forwarded = accepted_counter
+        self._latency = latency
 
     def forward(self, entries: Sequence[Entry]) -> int:
         """Write every entry; return the number of PutRecords calls made."""
@@ -107,7 +118,7 @@ class Forwarder:
                 self._log_retry(attempt, len(pending), code, error)
                 if code in ("ResourceNotFoundException", "AccessDeniedException") and attempt % 20 == 0:
                     log.error(
-                        "anomaly stream %s cannot be written (%s); check that it exists and the role may write it",
+                        "stream %s cannot be written (%s); check that it exists and the role may write it",
                         self._stream,
                         code,
                     )
@@ -119,8 +130,9 @@ class Forwarder:
             failed = response.get("FailedRecordCount", 0)
             results = response["Records"]
             accepted = [e for e, r in zip(pending, results, strict=True) if "ErrorCode" not in r] if failed else pending
-            for entry in accepted:
-                self._latency.observe(max(0.0, now - entry.arrival))
+            if self._latency is not None:
+                for entry in accepted:
+                    self._latency.observe(max(0.0, now - entry.arrival))
             self._forwarded.inc(len(accepted))
             if failed:
                 pending = [e for e, r in zip(pending, results, strict=True) if "ErrorCode" in r]

@@ -52,3 +52,41 @@ def forget_shard(stream: str, shard: str) -> None:
     # KeyError: the shard was never read here.
     with contextlib.suppress(KeyError):
         MILLIS_BEHIND_LATEST.remove(stream, shard)
+
+
+USER_RECORDS_DEAGGREGATED: Final = Counter(
+    "anomaly_processor_user_records_deaggregated",
+    "User records taken out of KPL-aggregated records, each judged on its own.",
+    ["stream", "shard"],
+)
+SHADOW_VERDICTS: Final = Counter(
+    "anomaly_processor_shadow_verdicts",
+    "Events judged by the shadow detector, by whether its verdict agreed with the active detector's "
+    "(result: agreement or disagreement) and by its own verdict (shadow_verdict: anomalous or normal).",
+    ["stream", "detector", "result", "shadow_verdict"],
+)
+SHADOW_ERRORS: Final = Counter(
+    "anomaly_processor_shadow_errors",
+    "Events the shadow detector raised an exception on; the active detector's verdict stood.",
+    ["stream", "detector"],
+)
+DEAD_LETTERS_WRITTEN: Final = Counter(
+    "anomaly_processor_dead_letters_written",
+    "Dead-letter envelopes accepted by the dead-letter stream.",
+    ["stream"],
+)
+DEAD_LETTERS_TRUNCATED: Final = Counter(
+    "anomaly_processor_dead_letters_truncated",
+    "Dead-letter envelopes whose original bytes were cut to fit Kinesis's 1 MiB record limit, by input stream.",
+    ["stream"],
+)
+RULES_RELOADS: Final = Counter(
+    "anomaly_processor_rules_reloads",
+    "Changes of the processor settings file read by the rules reloader, by result: applied or failed.",
+    ["result"],
+)
+RULES_FILE_VALID: Final = Gauge(
+    "anomaly_processor_rules_file_valid",
+    "1 when the detectors in force come from the settings file's current content, "
+    "0 when its last change could not be applied and the previous detectors stay in force.",
+)
