@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import yaml
 
+from anomaly_processor.detector import DetectorDefinition, DetectorError, parse_detector
 from anomaly_processor.rules import RuleError, RuleSet, parse_rule_set
 
 ENV_CONFIG_FILE: Final = "ANOMALY_PROCESSOR_CONFIG"
@@ -27,6 +28,10 @@ ENV_METRICS_PORT: Final = "ANOMALY_PROCESSOR_METRICS_PORT"
 DEFAULT_CONFIG_FILE: Final = "/etc/anomaly-processor/processor.yaml"
 DEFAULT_METRICS_PORT: Final = 8080
 MIN_POLL_INTERVAL_MILLIS: Final = 200  # GetRecords allows 5 calls per second per shard.
+# How often the rules reloader reads the settings file. The kubelet takes up to about a
+# minute to bring a ConfigMap change into the pod, so polling faster gains little.
+DEFAULT_RELOAD_INTERVAL_SECONDS: Final = 5.0
+MAX_RELOAD_INTERVAL_SECONDS: Final = 300.0
 
 _NAME: Final = re.compile(r"^[a-zA-Z0-9_.-]{1,255}$")
 
@@ -50,6 +55,12 @@ class ProcessorConfig:
     required_numeric_fields: tuple[str, ...] = ("transaction_amount",)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     metrics_port: int | None = None
+    # Judges every event beside the rules; its verdicts are only counted (``detectors.shadow``).
+    shadow_detector: DetectorDefinition | None = None
+    # Where malformed records go in a JSON envelope; None counts and logs them only.
+    dead_letter_stream: str | None = None
+    # Seconds between reads of the settings file for changed rules; 0 turns hot reload off.
+    reload_interval_seconds: float = DEFAULT_RELOAD_INTERVAL_SECONDS
 
     def as_document(self) -> dict[str, Any]:
         """Return the file form of these settings; ``from_document`` reads it back."""
@@ -63,6 +74,9 @@ class ProcessorConfig:
             "pollIntervalMillis": self.poll_interval_millis,
             "requiredNumericFields": list(self.required_numeric_fields),
             "rules": self.rules.as_dict(),
+            "detectors": {"shadow": self.shadow_detector.as_dict() if self.shadow_detector else None},
+            "deadLetterStream": self.dead_letter_stream,
+            "reloadIntervalSeconds": self.reload_interval_seconds,
         }
 
 
@@ -98,6 +112,24 @@ def from_document(document: Mapping[str, Any], worker_id: str | None = None) -> 
         rules = parse_rule_set(document.get("rules"), "rules")
     except RuleError as error:
         raise ConfigError(str(error)) from error
+    shadow = _shadow_detector(document.get("detectors"))
+    dead_letter_stream = document.get("deadLetterStream")
+    if dead_letter_stream is not None:
+        dead_letter_stream = _required_name(document, "deadLetterStream")
+        if dead_letter_stream in (document.get("inputStream"), document.get("outputStream")):
+            raise ConfigError(
+                f"deadLetterStream: invalid value {dead_letter_stream!r}: must differ from inputStream and outputStream"
+            )
+    reload_interval = document.get("reloadIntervalSeconds", DEFAULT_RELOAD_INTERVAL_SECONDS)
+    if (
+        isinstance(reload_interval, bool)
+        or not isinstance(reload_interval, (int, float))
+        or not 0 <= reload_interval <= MAX_RELOAD_INTERVAL_SECONDS
+    ):
+        raise ConfigError(
+            f"reloadIntervalSeconds: invalid value {reload_interval!r}: "
+            f"expected seconds from 0 (no hot reload) to {MAX_RELOAD_INTERVAL_SECONDS:.0f}"
+        )
 
     extra: dict[str, Any] = {}
     worker = worker_id or os.environ.get(ENV_WORKER_ID)
@@ -116,8 +148,30 @@ def from_document(document: Mapping[str, Any], worker_id: str | None = None) -> 
         starting_position=position,
         poll_interval_millis=interval,
         required_numeric_fields=tuple(required),
+        shadow_detector=shadow,
+        dead_letter_stream=dead_letter_stream,
+        reload_interval_seconds=float(reload_interval),
         **extra,
     )
+
+
+def _shadow_detector(detectors: object) -> DetectorDefinition | None:
+    if detectors is None:
+        return None
+    if not isinstance(detectors, Mapping):
+        raise ConfigError(f"detectors: invalid value {detectors!r}: expected a mapping with shadow")
+    unknown = sorted(set(detectors) - {"shadow"})
+    if unknown:
+        raise ConfigError(
+            f"detectors.{unknown[0]}: invalid value {detectors[unknown[0]]!r}: unknown key; expected shadow"
+        )
+    raw = detectors.get("shadow")
+    if raw is None:
+        return None
+    try:
+        return parse_detector(raw, "detectors.shadow")
+    except DetectorError as error:
+        raise ConfigError(str(error)) from error
 
 
 def load_config(path: str) -> ProcessorConfig:
