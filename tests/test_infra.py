@@ -193,7 +193,8 @@ def test_operator_policy_has_no_wildcards_and_allows_only() -> None:
             assert "*" not in action, action
         for resource in statement["Resource"]:
             assert resource != "*"
-            assert resource.count("*") == 1 and resource.endswith("*"), resource
+            assert resource.count("*") == 1, resource
+            assert resource.endswith("*"), resource
 
 
 EXPECTED_RESOURCES: Final = {
