@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.installed-demo
 STAMP_TEST := $(VENV)/.installed-test
+STAMP_BENCH := $(VENV)/.installed-bench
 
 .PHONY: demo test lint typecheck pytest bench clean tools
 
@@ -19,6 +20,10 @@ $(STAMP_DEMO): pyproject.toml | $(BIN)/python
 
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[emulator,operator,test]'
+	touch $@
+
+$(STAMP_BENCH): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[emulator,bench]'
 	touch $@
 
 demo: $(STAMP_DEMO)
@@ -38,6 +43,10 @@ pytest: $(STAMP_TEST) tools
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The full benchmark; docs/benchmarks.md says what it measures. `make test` runs only its smoke test.
+bench: $(STAMP_BENCH) tools
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
