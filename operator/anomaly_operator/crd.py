@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import yaml
 from anomaly_pipeline import spec
+from anomaly_processor.detector import DETECTOR_SCHEMA
 from anomaly_processor.rules import RULE_SET_SCHEMA
 
 PLURAL: Final = "anomalypipelines"
@@ -63,6 +64,12 @@ def spec_schema() -> dict[str, Any]:
     defaults = spec.DEFAULTS
     rules = copy.deepcopy(RULE_SET_SCHEMA)
     rules["default"] = {}
+    shadow = copy.deepcopy(DETECTOR_SCHEMA)
+    shadow["nullable"] = True
+    shadow["description"] = (
+        "A second detector that judges every event beside the rules. Its verdicts are only counted "
+        "against the rules' (agreements and disagreements as metrics) and never forwarded; null for none."
+    )
     return {
         "type": "object",
         "description": "What the pipeline is: its streams, checkpoint table, rules, IAM roles and processor.",
@@ -126,6 +133,25 @@ def spec_schema() -> dict[str, Any]:
                 },
             ),
             "rules": rules,
+            "detectors": _section("Detectors beside the rules.", {"shadow": shadow}),
+            "deadLetter": _section(
+                "The dead-letter stream, which receives every malformed record in a JSON envelope.",
+                {
+                    "streamNamePrefix": _string(
+                        "Prefix of the dead-letter stream's name, which is <prefix><namespace>-<name>; null for no "
+                        "dead-letter stream, so malformed records are only counted and logged.",
+                        pattern=spec.PREFIX_PATTERN,
+                        maxLength=spec.PREFIX_MAX,
+                        nullable=True,
+                    ),
+                    "shardCount": _integer(
+                        "Shards of the dead-letter stream when it is created.",
+                        spec.MIN_SHARDS,
+                        spec.MAX_SHARDS,
+                        defaults["deadLetter"]["shardCount"],
+                    ),
+                },
+            ),
             "events": _section(
                 "How events are decoded.",
                 {

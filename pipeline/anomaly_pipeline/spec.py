@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any, Final
 
 from anomaly_processor.config import ProcessorConfig
+from anomaly_processor.detector import DetectorDefinition, DetectorError, parse_detector
 from anomaly_processor.rules import RuleError, RuleSet, parse_rule_set
 
 API_GROUP: Final = "anomaly.dev"
@@ -68,6 +69,10 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "output": {"streamNamePrefix": "anomaly-", "shardCount": 1},
     "checkpoints": {"tableNamePrefix": "anomaly-checkpoints-"},
     "events": {"requiredNumericFields": ["transaction_amount"]},
+    # A shadow detector sees every event beside the rules; its verdicts are only counted.
+    "detectors": {"shadow": None},
+    # Without a prefix there is no dead-letter stream: malformed records are counted and logged.
+    "deadLetter": {"streamNamePrefix": None, "shardCount": 1},
     "tester": {"sessionDurationSeconds": 3600},
     "iam": {"rolePath": "/anomaly-pipeline/", "roleNamePrefix": "anomaly-", "permissionsBoundaryArn": None},
     "processor": {"maxReplicas": 4, "pollIntervalMillis": 200},
@@ -118,6 +123,8 @@ class Pipeline:
     max_replicas: int
     poll_interval_millis: int
     deletion_policy: str
+    shadow_detector: DetectorDefinition | None = None
+    dead_letter: StreamSpec | None = None
 
     @property
     def key(self) -> str:
@@ -311,6 +318,11 @@ def _parse_spec(name: str, namespace: str, raw: Mapping[str, Any]) -> Pipeline:
             "expected null or a managed policy ARN such as arn:aws:iam::123456789012:policy/boundary",
         )
 
+    shadow_detector = _parse_shadow_detector(spec.section("detectors", set(DEFAULTS["detectors"])))
+    dead_letter = _parse_dead_letter(
+        spec.section("deadLetter", set(DEFAULTS["deadLetter"])), namespace, name, (input_spec, output_spec)
+    )
+
     processor = spec.section("processor", set(DEFAULTS["processor"]))
     return Pipeline(
         name=name,
@@ -332,7 +344,40 @@ def _parse_spec(name: str, namespace: str, raw: Mapping[str, Any]) -> Pipeline:
             "pollIntervalMillis", MIN_POLL_INTERVAL_MILLIS, MAX_POLL_INTERVAL_MILLIS
         ),
         deletion_policy=spec.string("deletionPolicy", choices=DELETION_POLICIES),
+        shadow_detector=shadow_detector,
+        dead_letter=dead_letter,
     )
+
+
+def _parse_shadow_detector(detectors: _Reader) -> DetectorDefinition | None:
+    raw = detectors.raw.get("shadow")
+    if raw is None:
+        return None
+    try:
+        return parse_detector(raw, f"{detectors.path}.shadow")
+    except DetectorError as error:
+        raise SpecError(error.field, error.value, error.reason) from error
+
+
+def _parse_dead_letter(
+    dead_letter: _Reader, namespace: str, name: str, others: tuple[StreamSpec, ...]
+) -> StreamSpec | None:
+    shard_count = dead_letter.integer("shardCount", MIN_SHARDS, MAX_SHARDS)
+    if dead_letter.raw.get("streamNamePrefix") is None:
+        return None
+    prefix = dead_letter.string(
+        "streamNamePrefix",
+        PREFIX_PATTERN,
+        hint="a prefix is 1 to 32 characters of letters, digits, '_', '.' and '-', which Kinesis accepts in stream names",
+    )
+    stream = StreamSpec(derive_name(prefix, namespace, name, "", KINESIS_NAME_MAX), shard_count)
+    if any(stream.name == other.name for other in others):
+        raise SpecError(
+            f"{dead_letter.path}.streamNamePrefix",
+            prefix,
+            "must differ from spec.input.streamNamePrefix and spec.output.streamNamePrefix",
+        )
+    return stream
 
 
 def load_pipeline_file(path: str) -> Pipeline:
@@ -360,5 +405,7 @@ def processor_config(pipeline: Pipeline, worker_id: str | None = None) -> Proces
         starting_position=pipeline.input.starting_position,
         poll_interval_millis=pipeline.poll_interval_millis,
         required_numeric_fields=pipeline.required_numeric_fields,
+        shadow_detector=pipeline.shadow_detector,
+        dead_letter_stream=pipeline.dead_letter.name if pipeline.dead_letter else None,
         **extra,
     )
