@@ -37,6 +37,12 @@ PROCESSOR_OUTPUT_ACTIONS: Final = (
     "kinesis:PutRecords",
     "kinesis:DescribeStreamSummary",
 )
+# Malformed records go to the dead-letter stream; only the processor writes it, no one else here reads it.
+PROCESSOR_DEAD_LETTER_ACTIONS: Final = (
+    "kinesis:PutRecord",
+    "kinesis:PutRecords",
+    "kinesis:DescribeStreamSummary",
+)
 PROCESSOR_TABLE_ACTIONS: Final = (
     "dynamodb:GetItem",
     "dynamodb:PutItem",
@@ -65,16 +71,18 @@ def tester_policy(input_stream_arn: str, output_stream_arn: str) -> dict[str, An
     }
 
 
-def processor_policy(input_stream_arn: str, output_stream_arn: str, table_arn: str) -> dict[str, Any]:
-    """Return the processor role's only policy: read input, write anomalies, use its table."""
-    return {
-        "Version": POLICY_VERSION,
-        "Statement": [
-            _statement("ReadInputStream", PROCESSOR_INPUT_ACTIONS, input_stream_arn),
-            _statement("WriteAnomalyStream", PROCESSOR_OUTPUT_ACTIONS, output_stream_arn),
-            _statement("UseCheckpointTable", PROCESSOR_TABLE_ACTIONS, table_arn),
-        ],
-    }
+def processor_policy(
+    input_stream_arn: str, output_stream_arn: str, table_arn: str, dead_letter_stream_arn: str | None = None
+) -> dict[str, Any]:
+    """Return the processor role's only policy: read input, write anomalies and dead letters, use its table."""
+    statements = [
+        _statement("ReadInputStream", PROCESSOR_INPUT_ACTIONS, input_stream_arn),
+        _statement("WriteAnomalyStream", PROCESSOR_OUTPUT_ACTIONS, output_stream_arn),
+        _statement("UseCheckpointTable", PROCESSOR_TABLE_ACTIONS, table_arn),
+    ]
+    if dead_letter_stream_arn is not None:
+        statements.append(_statement("WriteDeadLetterStream", PROCESSOR_DEAD_LETTER_ACTIONS, dead_letter_stream_arn))
+    return {"Version": POLICY_VERSION, "Statement": statements}
 
 
 def account_trust_policy(principals: tuple[str, ...]) -> dict[str, Any]:

@@ -66,15 +66,19 @@ class Provisioned:
     tester_role_arn: str
     input_shard_count: int
     changes: list[str] = field(default_factory=list)
+    dead_letter: NamedArn | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        result = {
             "input": self.input.as_dict(),
             "output": self.output.as_dict(),
             "checkpointTable": self.checkpoint_table.as_dict(),
             "processorRoleArn": self.processor_role_arn,
             "testerRoleArn": self.tester_role_arn,
         }
+        if self.dead_letter is not None:
+            result["deadLetter"] = self.dead_letter.as_dict()
+        return result
 
 
 def _error_code(error: ClientError) -> str:
@@ -398,9 +402,15 @@ def provision(aws: Aws, pipeline: Pipeline, processor_trust_policy: dict[str, An
     changes += reconcile_shard_count(aws, pipeline.input.name, pipeline.input.shard_count)
     sink, done = ensure_stream(aws, pipeline.output, pipeline)
     changes += done
+    dead_letter = None
+    if pipeline.dead_letter is not None:
+        dead_letter, done = ensure_stream(aws, pipeline.dead_letter, pipeline)
+        changes += done
     table, done = ensure_table(aws, pipeline)
     changes += done
-    processor_role_arn, tester_role_arn, done = ensure_roles(aws, pipeline, source, sink, table, processor_trust_policy)
+    processor_role_arn, tester_role_arn, done = ensure_roles(
+        aws, pipeline, source, sink, table, processor_trust_policy, dead_letter
+    )
     changes += done
     return Provisioned(
         input=source,
@@ -410,6 +420,7 @@ def provision(aws: Aws, pipeline: Pipeline, processor_trust_policy: dict[str, An
         tester_role_arn=tester_role_arn,
         input_shard_count=pipeline.input.shard_count,
         changes=changes,
+        dead_letter=dead_letter,
     )
 
 
@@ -420,8 +431,12 @@ def ensure_roles(
     sink: NamedArn,
     table: NamedArn,
     processor_trust_policy: dict[str, Any] | None = None,
+    dead_letter: NamedArn | None = None,
 ) -> tuple[str, str, list[str]]:
-    """Create or align the processor role and the tester role; return both ARNs and the changes."""
+    """Create or align the processor role and the tester role; return both ARNs and the changes.
+
+    Only the processor role may write the dead-letter stream; the tester role gets no access to it.
+    """
     if processor_trust_policy is None:
         processor_trust_policy = policies.account_trust_policy((caller_account(aws),))
     processor_role_arn, changes = ensure_role(
@@ -430,7 +445,7 @@ def ensure_roles(
         pipeline.processor_role_name,
         processor_trust_policy,
         PROCESSOR_POLICY_NAME,
-        policies.processor_policy(source.arn, sink.arn, table.arn),
+        policies.processor_policy(source.arn, sink.arn, table.arn, dead_letter.arn if dead_letter else None),
     )
     tester_role_arn, done = ensure_tester_role(aws, pipeline, source, sink)
     return processor_role_arn, tester_role_arn, changes + done
@@ -489,5 +504,7 @@ def deprovision(aws: Aws, pipeline: Pipeline) -> list[str]:
     if pipeline.deletion_policy == "Delete":
         changes += delete_stream(aws, pipeline, pipeline.input.name)
         changes += delete_stream(aws, pipeline, pipeline.output.name)
+        if pipeline.dead_letter is not None:
+            changes += delete_stream(aws, pipeline, pipeline.dead_letter.name)
         changes += delete_table(aws, pipeline)
     return changes
