@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 from typing import Any
 
@@ -32,6 +33,7 @@ from anomaly_processor.config import (
 )
 from anomaly_processor.health import HealthServer, metrics_address
 from anomaly_processor.leases import LeaseSettings
+from anomaly_processor.reload import RulesReloader
 from anomaly_processor.worker import Worker
 
 log = logging.getLogger("anomaly_processor")
@@ -55,15 +57,28 @@ def make_clients(
     return kinesis, dynamodb
 
 
-def run(config: ProcessorConfig, session: boto3.session.Session | None = None, endpoint_url: str | None = None) -> int:
-    """Run a worker and its metrics port until SIGTERM or SIGINT; return the exit status."""
+def run(
+    config: ProcessorConfig,
+    session: boto3.session.Session | None = None,
+    endpoint_url: str | None = None,
+    config_path: str | None = None,
+) -> int:
+    """Run a worker and its metrics port until SIGTERM or SIGINT; return the exit status.
+
+    With ``config_path``, the rules and the shadow detector follow that settings file
+    while the worker runs (see ``reload``).
+    """
     try:
         lease_settings = LeaseSettings.from_environment()
     except ValueError as error:
         log.error("invalid lease setting", extra={"error": str(error)})
         return 2
     kinesis, dynamodb = make_clients(config, session, endpoint_url)
-    worker = Worker(config, kinesis, dynamodb, lease_settings=lease_settings)
+    stop_reloading = threading.Event()
+    reloader = RulesReloader(config_path, config) if config_path is not None else None
+    if reloader is not None:
+        reloader.start(stop_reloading)
+    worker = Worker(config, kinesis, dynamodb, lease_settings=lease_settings, detectors=reloader)
     port = DEFAULT_METRICS_PORT if config.metrics_port is None else config.metrics_port
     address = metrics_address()
     try:
@@ -89,6 +104,7 @@ def run(config: ProcessorConfig, session: boto3.session.Session | None = None, e
         worker.run()
     finally:
         health.stop()
+        stop_reloading.set()
     return 0
 
 
@@ -107,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anomaly-processor: {error}", file=sys.stderr)
         return 2
     logs.configure(args.log_level, pipeline=config.pipeline, worker=config.worker_id)
-    return run(config)
+    return run(config, config_path=args.config)
 
 
 if __name__ == "__main__":

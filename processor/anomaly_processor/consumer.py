@@ -33,7 +33,7 @@ from anomaly_processor.checkpoint import (
     LeaseLostError,
 )
 from anomaly_processor.deadletter import build_envelopes
-from anomaly_processor.detector import Detector, DetectorSource, FixedDetectors
+from anomaly_processor.detector import DetectorSource
 from anomaly_processor.events import EventDecoder, Malformed, MalformedReason
 from anomaly_processor.forwarder import Forwarder
 from anomaly_processor.reader import ShardReader
@@ -71,12 +71,11 @@ class ShardConsumer:
         forwarder: Forwarder,
         checkpoints: CheckpointStore,
         decoder: EventDecoder,
-        detector: Callable[[], Detector] | None = None,
+        detectors: DetectorSource,
         stop: threading.Event,
         start_checkpoint: Checkpoint | None,
         keep_going: Callable[[], bool] = lambda: True,
         lease_usable: Callable[[], bool] = lambda: True,
-        detectors: DetectorSource | None = None,
         dead_letters: Forwarder | None = None,
     ) -> None:
         self.shard_id = shard_id
@@ -85,11 +84,7 @@ class ShardConsumer:
         self._forwarder = forwarder
         self._checkpoints = checkpoints
         self._decode = decoder.decode
-        if detectors is None:
-            # TODO: remove ``detector`` once the worker passes ``detectors``; until then no reload reaches here.
-            if detector is None:
-                raise ValueError("ShardConsumer needs detectors (or a detector function)")
-            detectors = FixedDetectors(detector())
+        # Read once per record, so a rules reload takes effect between two records.
         self._detectors = detectors
         self._dead_letters = dead_letters
         # The start checkpoint, until the first batch: the reader may return its record again.

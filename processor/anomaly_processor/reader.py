@@ -48,12 +48,17 @@ class ShardReader:
         poll_interval: float,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        include_start_record: bool = False,
     ) -> None:
         self._kinesis = kinesis
         self._stream = stream
         self.shard_id = shard_id
         # The last sequence number handed out and confirmed; a new iterator starts after it.
         self.position = after_sequence_number
+        # Start at the checkpoint's record rather than after it, until the first confirm: a
+        # checkpoint may fall inside a KPL aggregate, and the consumer skips what was done.
+        self._include_position = include_start_record and after_sequence_number is not None
         self._starting_position = starting_position
         self._poll_interval = poll_interval
         self._sleep = sleep
@@ -66,7 +71,8 @@ class ShardReader:
     def _new_iterator(self) -> str:
         kwargs: dict[str, Any] = {"StreamName": self._stream, "ShardId": self.shard_id}
         if self.position is not None:
-            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=self.position)
+            kind = "AT_SEQUENCE_NUMBER" if self._include_position else "AFTER_SEQUENCE_NUMBER"
+            kwargs.update(ShardIteratorType=kind, StartingSequenceNumber=self.position)
         else:
             kwargs["ShardIteratorType"] = self._starting_position
         return str(self._kinesis.get_shard_iterator(**kwargs)["ShardIterator"])
@@ -74,6 +80,7 @@ class ShardReader:
     def confirm(self, sequence_number: str) -> None:
         """Record that everything up to ``sequence_number`` was handled."""
         self.position = sequence_number
+        self._include_position = False
 
     def read(self) -> Batch | None:
         """Wait for the poll interval, then call GetRecords once.

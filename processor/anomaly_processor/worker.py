@@ -29,7 +29,7 @@ from anomaly_processor import metrics
 from anomaly_processor.checkpoint import CheckpointStore
 from anomaly_processor.config import ProcessorConfig
 from anomaly_processor.consumer import ShardConsumer, ShardProgress
-from anomaly_processor.detector import Detector, RuleDetector
+from anomaly_processor.detector import DetectorSource, FixedDetectors
 from anomaly_processor.events import EventDecoder
 from anomaly_processor.forwarder import Forwarder
 from anomaly_processor.leases import (
@@ -42,6 +42,7 @@ from anomaly_processor.leases import (
     should_hand_off,
 )
 from anomaly_processor.reader import ShardReader
+from anomaly_processor.reload import build_detectors
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Worker:
         config: ProcessorConfig,
         kinesis: Any,
         dynamodb: Any,
-        detector: Callable[[], Detector] | None = None,
+        detectors: DetectorSource | None = None,
         discovery_interval: float | None = None,
         lease_settings: LeaseSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -110,8 +111,11 @@ class Worker:
         self._table = LeaseTable(dynamodb, config.checkpoint_table)
         self._checkpoints = CheckpointStore(dynamodb, config.checkpoint_table, owner=config.worker_id)
         self._decoder = EventDecoder(config.required_numeric_fields)
-        rule_detector = RuleDetector(config.rules)
-        self._detector = detector or (lambda: rule_detector)
+        if detectors is None:
+            # Without a rules reloader, the detectors stay as the settings define them.
+            built = build_detectors(config)
+            detectors = FixedDetectors(built.active, built.shadow)
+        self._detectors = detectors
         self._clock = clock
         self._expiry = ExpiryClock(settings.duration, clock)
         self._stop = threading.Event()
@@ -342,7 +346,17 @@ class Worker:
             checkpoint.sequence_number if checkpoint else None,
             position,
             config.poll_interval_millis / 1000,
+            include_start_record=True,
         )
+        dead_letters = None
+        if config.dead_letter_stream is not None:
+            dead_letters = Forwarder(
+                self._kinesis,
+                config.dead_letter_stream,
+                held.shard_id,
+                accepted_counter=metrics.DEAD_LETTERS_WRITTEN.labels(stream=config.dead_letter_stream),
+                latency=None,
+            )
         consumer = ShardConsumer(
             shard_id=held.shard_id,
             stream=config.input_stream,
@@ -350,7 +364,8 @@ class Worker:
             forwarder=Forwarder(self._kinesis, config.output_stream, held.shard_id),
             checkpoints=self._checkpoints,
             decoder=self._decoder,
-            detector=self._detector,
+            detectors=self._detectors,
+            dead_letters=dead_letters,
             stop=self._stop,
             start_checkpoint=checkpoint,
             keep_going=held.keep_reading,
