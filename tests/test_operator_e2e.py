@@ -34,6 +34,9 @@ import yaml
 from anomaly_operator import crd
 from anomaly_operator.handlers import register
 from anomaly_operator.settings import OperatorSettings
+from anomaly_pipeline import credentials
+from anomaly_pipeline.aws import Aws
+from anomaly_pipeline.cluster import ClusterError, read_pipeline_from_cluster
 from kmock._internal import enums, rendering
 from kopf.testing import KopfRunner
 
@@ -537,3 +540,34 @@ def test_schema_rejects_invalid_pipeline(cluster: Cluster) -> None:
     with pytest.raises(jsonschema.ValidationError):
         apply_pipeline(cluster, document)
     assert pipeline(cluster) is None
+
+
+def test_credentials_from_cluster_status(cluster: Cluster, aws_endpoint: str) -> None:
+    with running_operator():
+        apply_pipeline(cluster, example())
+        ready = wait_for(lambda: is_ready(cluster), "Ready=True")
+
+    found, role_arn = read_pipeline_from_cluster("payments", "default")
+    result = credentials.tester_credentials(Aws(region=found.region), found, role_arn)
+
+    assert role_arn == ready["status"]["testerRoleArn"]
+    assert found.input.name == "ingest-default-payments"
+    assert result["AssumedRoleUser"]["Arn"].startswith(
+        "arn:aws:sts::123456789012:assumed-role/anomaly-default-payments-tester/"
+    )
+    assert result["Credentials"]["AccessKeyId"]
+    assert result["outputStream"] == "anomaly-default-payments"
+
+
+def test_credentials_from_cluster_not_ready(cluster: Cluster) -> None:
+    document = example()
+    document["metadata"]["name"] = "pending"
+    document["status"] = {
+        "conditions": [{"type": "Ready", "status": "False", "reason": "Throttled", "message": "retrying"}]
+    }
+    cluster.request("POST", PIPELINES, document)
+
+    with pytest.raises(ClusterError, match=r"no status\.testerRoleArn yet, Ready is False \(Throttled: retrying\)"):
+        read_pipeline_from_cluster("pending", "default")
+    with pytest.raises(ClusterError, match="AnomalyPipeline default/missing not found"):
+        read_pipeline_from_cluster("missing", "default")
