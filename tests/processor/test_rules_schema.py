@@ -188,10 +188,8 @@ def test_detectors_unknown_key_rejected() -> None:
 
 
 def test_shadow_detector_reaches_processor_settings() -> None:
-    shadow = {
-        "name": "stricter-rules",
-        "rules": {"conditions": [{"field": "transaction_amount", "op": "gt", "value": 50}]},
-    }
+    conditions = [{"field": "transaction_amount", "op": "gt", "value": 50}]
+    shadow = {"name": "stricter-rules", "rules": {"conditions": conditions}}
     pipeline = parse_pipeline(pipeline_with(detectors={"shadow": shadow}))
     assert pipeline.shadow_detector is not None
     config = spec.processor_config(pipeline)
