@@ -37,6 +37,7 @@ from anomaly_operator.settings import OperatorSettings
 from anomaly_pipeline import credentials
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.cluster import ClusterError, read_pipeline_from_cluster
+from botocore.exceptions import ClientError
 from kmock._internal import enums, rendering
 from kopf.testing import KopfRunner
 
@@ -571,3 +572,46 @@ def test_credentials_from_cluster_not_ready(cluster: Cluster) -> None:
         read_pipeline_from_cluster("pending", "default")
     with pytest.raises(ClusterError, match="AnomalyPipeline default/missing not found"):
         read_pipeline_from_cluster("missing", "default")
+
+
+class ThrottledIam:
+    """An IAM client whose every call fails with ThrottlingException, as a throttled account's would."""
+
+    def __getattr__(self, operation: str) -> Callable[..., Any]:
+        def throttled(**_: Any) -> Any:
+            error = {
+                "Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            }
+            raise ClientError(error, operation)  # type: ignore[arg-type]
+
+        return throttled
+
+
+class IamThrottledAws(Aws):
+    def client(self, service: str, config: Any = None) -> Any:
+        return ThrottledIam() if service == "iam" else super().client(service, config)
+
+
+def test_restart_skips_finished_steps(cluster: Cluster, aws_endpoint: str) -> None:
+    registry = kopf.OperatorRegistry()
+    register(registry, operator_settings(), aws_factory=lambda region: IamThrottledAws(region=region))
+    throttled = KopfRunner(["run", "--all-namespaces", "--standalone", "--verbose"], registry=registry, timeout=30)
+    with throttled:
+        apply_pipeline(cluster, example())
+        stuck = wait_for(
+            lambda: condition(pipeline(cluster), "IAMReady").get("reason") == "Throttled" and pipeline(cluster),
+            "IAMReady=Throttled",
+        )
+
+    with running_operator() as resumed:
+        ready = wait_for(lambda: is_ready(cluster), "Ready=True")
+
+    assert condition(stuck, "StreamsReady")["status"] == "True"
+    assert condition(stuck, "IAMReady")["status"] == "False"
+    assert "Handler 'streams' succeeded" in throttled.output
+    assert "Handler 'iam' failed temporarily" in throttled.output
+    assert "Handler 'streams'" not in resumed.output
+    assert "Handler 'iam' succeeded" in resumed.output
+    assert "Handler 'processor' succeeded" in resumed.output
+    assert ready["status"]["testerRoleArn"].endswith("/anomaly-default-payments-tester")

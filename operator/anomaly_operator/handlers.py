@@ -195,13 +195,11 @@ def verify(
     """Re-run every step on a pipeline that the handlers have finished; report recreated resources.
 
     A resource the steps create again was deleted outside the operator, so each one gets a
-    Warning event with reason ``Recreated``. Returns every change made.
+    Warning event with reason ``Recreated``. While kopf is still handling the current spec
+    (a creation or update in progress or in retry), this does nothing. Returns every change made.
     """
     metadata = body.get("metadata", {})
-    current = list(status.get("conditions") or [])
-    if metadata.get("deletionTimestamp") or any(
-        conditions.find(current, t) is None for t in conditions.STEP_CONDITIONS
-    ):
+    if metadata.get("deletionTimestamp") or not reconcile.spec_is_handled(body):
         return []
     try:
         pipeline = reconcile.parse(body, runtime.settings)

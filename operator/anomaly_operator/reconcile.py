@@ -98,6 +98,21 @@ def last_handled_pipeline(body: Mapping[str, Any], settings: OperatorSettings) -
         return None
 
 
+def spec_is_handled(body: Mapping[str, Any]) -> bool:
+    """Tell whether kopf has finished handling the current spec (successfully or not).
+
+    kopf writes the spec into its last-handled-configuration annotation once every handler of
+    a creation or update has finished, so the two differ while handlers still run or retry.
+    """
+    annotation = body.get("metadata", {}).get("annotations", {}).get(LAST_HANDLED_ANNOTATION)
+    if not annotation:
+        return False
+    try:
+        return bool(json.loads(annotation).get("spec") == body.get("spec"))
+    except (ValueError, AttributeError):
+        return False
+
+
 # Streams and table
 
 
