@@ -23,7 +23,8 @@ import yaml
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.provisioning import provision
 from anomaly_pipeline.spec import API_VERSION, KIND, parse_pipeline, processor_config
-from anomaly_processor.config import ENV_WORKER_ID
+from anomaly_processor.config import ENV_METRICS_PORT, ENV_WORKER_ID
+from anomaly_processor.health import ENV_METRICS_ADDRESS
 
 from bench.processes import ConsumerProcess
 from bench.stand_ins import StandIns
@@ -129,6 +130,9 @@ class Ours:
         config_path.write_text(yaml.safe_dump(self._configs[streams.input], sort_keys=False))
         environment = self._stand_ins.child_environment()
         environment[ENV_WORKER_ID] = f"bench-{label}"
+        # Its /metrics server listens on loopback, on a port the system picks.
+        environment[ENV_METRICS_ADDRESS] = "127.0.0.1"
+        environment[ENV_METRICS_PORT] = "0"
         command = [str(Path(sys.executable).with_name("anomaly-processor")), "--config", str(config_path)]
         return ConsumerProcess("anomaly-processor", command, environment, self._work / f"{label}-ours.log")
 

@@ -139,6 +139,30 @@ def _delivery(run: dict[str, Any] | None) -> str:
     return f"{d['missing']} / {d['unexpected']} / {d['duplicates']}"
 
 
+def _machine(run: dict[str, Any] | None) -> str:
+    cores = (run or {}).get("cores_used")
+    if not cores:
+        return "-"
+    return f"{cores['machine_busy_share']:.0%} ({cores['other_processes']:.2f})"
+
+
+def _stand_in_rows(label: str, ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> list[tuple[str, ...]]:
+    """Return the rows that show how loaded the machine and kinesalite were during each run."""
+    path = ("stand_in_response", "kinesalite_empty_get_records_ms")
+    return [
+        (
+            label,
+            "kinesalite empty GetRecords p99 / max (ms)",
+            f"{_number(_get(ours, (*path, 'p99')))} / {_number(_get(ours, (*path, 'max')))}",
+            f"{_number(_get(peer, (*path, 'p99')))} / {_number(_get(peer, (*path, 'max')))}",
+            "",
+            "",
+            "",
+        ),
+        (label, "machine busy (cores used by other processes)", _machine(ours), _machine(peer), "", "", ""),
+    ]
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """Return every figure as a markdown table: ours, peer, ours / peer, target and whether it was met."""
     targets = results.get("targets", [])

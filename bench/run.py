@@ -27,6 +27,7 @@ from bench.events import generate_events, iter_events
 from bench.filter_path import run_filter_path
 from bench.load import write_backlog
 from bench.peer_env import PEER_REQUIREMENT, PeerEnvironmentError, ensure_peer_environment
+from bench.probe import EndpointProbe
 from bench.scenarios import core_count, run_backlog_drain, run_steady_state
 from bench.stand_ins import StandIns, running_stand_ins
 
@@ -137,12 +138,12 @@ class Run:
         self.logs.mkdir(parents=True, exist_ok=True)
         peer_python = self._prepare_peer()
         self.results["filter_path"] = self._filter_path()
-        with running_stand_ins(self.logs) as stand_ins:
+        with running_stand_ins(self.logs) as stand_ins, EndpointProbe() as probe:
             consumers: list[Consumer] = [Ours(stand_ins, self.logs)]
             if peer_python is not None:
                 consumers.append(Peer(stand_ins, self.logs, peer_python, self.settings.peer_checkpointer))
-            self.results["steady_state"] = self._steady_state(stand_ins, consumers)
-            self.results["backlog_drain"] = self._backlog_drain(stand_ins, consumers)
+            self.results["steady_state"] = self._steady_state(stand_ins, probe, consumers)
+            self.results["backlog_drain"] = self._backlog_drain(stand_ins, probe, consumers)
         self.results["finished_at"] = _utc_now()
         self.results["duration_seconds"] = time.monotonic() - started
         self.results["targets"] = report.evaluate_targets(self.results)
@@ -183,7 +184,7 @@ class Run:
             result = run_filter_path(events, settings.filter_batch_size, settings.filter_rounds, bar.update)
         return result.as_dict()
 
-    def _steady_state(self, stand_ins: StandIns, consumers: list[Consumer]) -> dict[str, Any]:
+    def _steady_state(self, stand_ins: StandIns, probe: EndpointProbe, consumers: list[Consumer]) -> dict[str, Any]:
         settings = self.settings
         rate = settings.shards * settings.rate_per_shard
         count = round(rate * settings.duration_seconds)
@@ -195,14 +196,14 @@ class Run:
         for consumer in consumers:
             try:
                 section[consumer.name] = run_steady_state(
-                    consumer, stand_ins, events, settings.shards, rate, settings.progress
+                    consumer, stand_ins, events, settings.shards, rate, probe, settings.progress
                 )
             except RUN_ERRORS as error:
                 self.errors.append(f"steady state, {consumer.name}: {error}")
         section["ours_over_peer"] = report.ours_over_peer("steady_state", section["ours"], section["peer"])
         return section
 
-    def _backlog_drain(self, stand_ins: StandIns, consumers: list[Consumer]) -> dict[str, Any]:
+    def _backlog_drain(self, stand_ins: StandIns, probe: EndpointProbe, consumers: list[Consumer]) -> dict[str, Any]:
         settings = self.settings
         self._say(f"backlog drain: {settings.backlog_events:,} events written before each consumer starts")
         events = generate_events(settings.backlog_events, settings.anomaly_fraction, BACKLOG_SEED)
@@ -227,7 +228,7 @@ class Run:
                     else consumer.prepare("drain", settings.shards, ours_streams.input)
                 )
                 section[consumer.name] = run_backlog_drain(
-                    consumer, stand_ins, streams, events, settings.shards, settings.progress
+                    consumer, stand_ins, streams, events, settings.shards, probe, settings.progress
                 )
             except RUN_ERRORS as error:
                 self.errors.append(f"backlog drain, {consumer.name}: {error}")

@@ -34,6 +34,7 @@ from bench.load import (
     read_stream,
     send_at_rate,
 )
+from bench.probe import EndpointProbe
 from bench.processes import ConsumerProcess, MachineCpu, cpu_seconds
 from bench.stand_ins import StandIns
 
@@ -74,20 +75,29 @@ class Snapshot:
 
 
 def cores_used(before: Snapshot, after: Snapshot) -> dict[str, float | None]:
-    """Return the cores each process kept busy on average between two snapshots."""
+    """Return the cores each process kept busy on average between two snapshots.
+
+    ``other_processes`` is what the machine was busy with beyond the processes listed,
+    such as other jobs on a shared machine.
+    """
     wall = after.wall - before.wall or 1e-9
     kinesalite = (
         (after.kinesalite_cpu - before.kinesalite_cpu) / wall
         if after.kinesalite_cpu is not None and before.kinesalite_cpu is not None
         else None
     )
-    return {
+    used: dict[str, float | None] = {
         "consumer": (after.consumer_cpu - before.consumer_cpu) / wall,
         "kinesalite": kinesalite,
         "moto": (after.moto_cpu - before.moto_cpu) / wall,
         "load_generator": (after.load_generator_cpu - before.load_generator_cpu) / wall,
-        "machine_busy_share": after.machine.busy_fraction_since(before.machine),
     }
+    busy_share = after.machine.busy_fraction_since(before.machine)
+    known = sum(value for value in used.values() if value is not None)
+    # /proc/stat counts every core of the machine, whatever this process may run on.
+    used["other_processes"] = max(0.0, busy_share * (os.cpu_count() or 1) - known)
+    used["machine_busy_share"] = busy_share
+    return used
 
 
 def _bar(total: int, description: str, show: bool) -> tqdm[Any]:
@@ -100,6 +110,7 @@ def run_steady_state(
     events: Sequence[Event],
     shards: int,
     target_rate: float,
+    probe: EndpointProbe,
     show_progress: bool,
 ) -> dict[str, Any]:
     """Run one consumer through the steady-state load and return its figures."""
@@ -111,12 +122,14 @@ def run_steady_state(
         text, count = consumer.ready_lines(shards)
         startup = process.wait_for_log(text, count, READY_TIMEOUT_SECONDS)
         counter = StreamCounter(kinesis, streams.output)
+        probe.reset()
         before = Snapshot.take(process, stand_ins)
         with _bar(len(events), f"steady state, {consumer.name}: events written", show_progress) as bar:
             sent = send_at_rate(kinesis, streams.input, events, target_rate, bar.update)
         with _bar(expected, f"steady state, {consumer.name}: anomalies arrived", show_progress) as bar:
             complete = counter.wait_for(expected, STEADY_COMPLETION_TIMEOUT_SECONDS, bar.update)
         after = Snapshot.take(process, stand_ins)
+        stand_in_response = probe.figures()
         peak_rss = process.peak_rss_bytes()
     finally:
         exit_status = process.stop()
@@ -141,6 +154,7 @@ def run_steady_state(
         "cpu_seconds_per_1000_records": consumer_cpu / len(events) * 1000 if events else None,
         "peak_rss_mb": peak_rss / MEGABYTE,
         "cores_used": cores_used(before, after),
+        "stand_in_response": stand_in_response,
         "exit_status": exit_status,
         "log": str(process.log_path),
     }
@@ -152,6 +166,7 @@ def run_backlog_drain(
     streams: Streams,
     events: Sequence[Event],
     shards: int,
+    probe: EndpointProbe,
     show_progress: bool,
 ) -> dict[str, Any]:
     """Start one consumer on a stream that already holds ``events``; return its drain figures."""
@@ -159,6 +174,7 @@ def run_backlog_drain(
     expected = sum(1 for e in events if e.anomalous)
     counter = StreamCounter(kinesis, streams.output)
     timeout = max(MIN_DRAIN_TIMEOUT_SECONDS, len(events) / 1000 * DRAIN_TIMEOUT_SECONDS_PER_1000)
+    probe.reset()
     process = consumer.start(streams, "drain")
     before = Snapshot.take(process, stand_ins)
     try:
@@ -167,6 +183,7 @@ def run_backlog_drain(
         with _bar(expected, f"backlog drain, {consumer.name}: anomalies arrived", show_progress) as bar:
             complete = counter.wait_for(expected, timeout, bar.update)
         after = Snapshot.take(process, stand_ins)
+        stand_in_response = probe.figures()
         total_cpu = process.cpu_seconds()
         peak_rss = process.peak_rss_bytes()
     finally:
@@ -188,6 +205,7 @@ def run_backlog_drain(
         "cpu_seconds_per_1000_records": total_cpu / len(events) * 1000 if events else None,
         "peak_rss_mb": peak_rss / MEGABYTE,
         "cores_used": cores_used(before, after),
+        "stand_in_response": stand_in_response,
         "exit_status": exit_status,
         "log": str(process.log_path),
     }
