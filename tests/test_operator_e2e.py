@@ -15,6 +15,9 @@ import copy
 import datetime
 import itertools
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -615,3 +618,36 @@ def test_restart_skips_finished_steps(cluster: Cluster, aws_endpoint: str) -> No
     assert "Handler 'iam' succeeded" in resumed.output
     assert "Handler 'processor' succeeded" in resumed.output
     assert ready["status"]["testerRoleArn"].endswith("/anomaly-default-payments-tester")
+
+
+def test_kopf_run_module_reads_env(cluster: Cluster, aws_endpoint: str, tmp_path: Path) -> None:
+    environment = dict(
+        os.environ,
+        ANOMALY_OPERATOR_OIDC_ISSUER="https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE0123456789",
+        ANOMALY_OPERATOR_ACCOUNT_ID="123456789012",
+        ANOMALY_OPERATOR_HELM=str(helm_binary()),
+        ANOMALY_OPERATOR_PROCESSOR_IMAGE="registry.example/anomaly-processor:0.2.0",
+    )
+    command = [
+        str(Path(sys.executable).parent / "kopf"),
+        "run",
+        "--standalone",
+        "--all-namespaces",
+        "-m",
+        "anomaly_operator",
+    ]
+    with (tmp_path / "operator.log").open("w") as log:
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            apply_pipeline(cluster, example())
+            ready = wait_for(lambda: is_ready(cluster), "Ready=True from kopf run -m anomaly_operator")
+            deployment = processor_objects(cluster)["apps/v1/deployments"][0]
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    assert ready["status"]["testerRoleArn"].endswith("/anomaly-default-payments-tester")
+    assert (
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/anomaly-processor:0.2.0"
+    )
+    assert "Activity 'configure' succeeded" in (tmp_path / "operator.log").read_text(encoding="utf-8")

@@ -303,7 +303,7 @@ def register(
     runtime = Runtime(settings, aws_factory)
     interval = settings.verify_interval_seconds if settings is not None else verify_interval_from_env(os.environ)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
         try:
             operator_settings = runtime.settings
@@ -316,11 +316,11 @@ def register(
             f"operator settings: region {operator_settings.region}, allowed prefixes {', '.join(operator_settings.allowed_prefixes)}"
         )
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(runtime.kube_configuration)
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="close", registry=registry)
     def close(**_: Any) -> None:
         runtime.close()
 
