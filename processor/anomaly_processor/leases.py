@@ -205,6 +205,17 @@ class LeaseTable:
         update = "SET #counter = #counter + :one REMOVE #owner, #requested"
         return self._update(shard_id, update, condition, values) is not None
 
+    def hand_over(self, shard_id: str, owner: str, counter: int, new_owner: str) -> bool:
+        """Make ``new_owner`` the owner of a lease that ``owner`` holds at ``counter``.
+
+        The new owner finds the lease in its name and takes it at its next table read;
+        other workers see it owned all along, so none of them takes it in between.
+        """
+        values = {":me": {"S": owner}, ":seen": {"N": str(counter)}, ":one": {"N": "1"}, ":new": {"S": new_owner}}
+        condition = "#owner = :me AND #counter = :seen"
+        update = "SET #owner = :new, #counter = #counter + :one REMOVE #requested"
+        return self._update(shard_id, update, condition, values) is not None
+
     def request_handoff(self, shard_id: str, owner: str, requester: str) -> bool:
         """Ask ``owner`` to release the lease, unless another worker asked first."""
         values = {":owner": {"S": owner}, ":requester": {"S": requester}}
@@ -296,7 +307,8 @@ class HeldLease:
     clock: Callable[[], float] = time.monotonic
     checkpoint: Checkpoint | None = None
     parent_ids: tuple[str, ...] = ()
-    handing_off: bool = False
+    # The worker this lease goes to once the consumer has finished its batch and checkpointed.
+    handoff_to: str | None = None
     lost: threading.Event = field(default_factory=threading.Event)
 
     def usable(self) -> bool:
@@ -305,7 +317,7 @@ class HeldLease:
 
     def keep_reading(self) -> bool:
         """Tell whether the consumer should read another batch."""
-        return not self.lost.is_set() and not self.handing_off
+        return not self.lost.is_set() and self.handoff_to is None
 
     def wait_usable(self, stop: threading.Event, poll: float = 0.1) -> bool:
         """Wait while renewals are late; return True once usable, False if lost or ``stop`` is set first."""

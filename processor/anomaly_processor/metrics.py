@@ -29,7 +29,7 @@ GET_RETRIES: Final = Counter(
 LEASES_HELD: Final = Gauge("anomaly_processor_leases_held", "Shard leases this worker holds.")
 LEASES_TAKEN: Final = Counter(
     "anomaly_processor_leases_taken",
-    "Shard leases this worker took, by the lease's state before: free, expired, or restart (held by this worker id before).",
+    "Shard leases this worker took, by the lease's state before: free, expired, or assigned to this worker id.",
     ["reason"],
 )
 LEASES_LOST: Final = Counter(

@@ -255,17 +255,17 @@ class Worker:
 
     def _check_held(self, leases: dict[str, Lease]) -> None:
         """Notice leases taken by others, and answer handoff requests for held leases."""
-        mine = sum(1 for lease in self._held.values() if not lease.handing_off and not lease.lost.is_set())
+        mine = sum(1 for lease in self._held.values() if lease.handoff_to is None and not lease.lost.is_set())
         for held in list(self._held.values()):
             item = leases.get(held.shard_id)
             if item is None or item.owner != self.worker_id or item.counter != held.counter:
                 self._lose(held, f"the table shows owner {item.owner if item else None}")
                 continue
             requester = item.requested_by
-            if requester is None or requester == self.worker_id or held.handing_off or self._stop.is_set():
+            if requester is None or requester == self.worker_id or held.handoff_to or self._stop.is_set():
                 continue
             if should_hand_off(leases, self.worker_id, requester, mine):
-                held.handing_off = True
+                held.handoff_to = requester
                 mine -= 1
                 log.info(
                     "handing off lease after the batch in flight",
@@ -275,7 +275,8 @@ class Worker:
                 self._table.decline_handoff(held.shard_id, self.worker_id, requester)
 
     def _take(self, lease: Lease) -> None:
-        reason = "free" if lease.owner is None else ("restart" if lease.owner == self.worker_id else "expired")
+        # "assigned": the lease is in this worker's name, after a handoff or from an earlier run with this id.
+        reason = "free" if lease.owner is None else ("assigned" if lease.owner == self.worker_id else "expired")
         sent = self._clock()
         taken = self._table.take(lease, self.worker_id)
         if taken is None:
@@ -315,15 +316,19 @@ class Worker:
         if held.shard_id not in self._running:
             self._forget(held.shard_id)
 
-    def _release(self, held: HeldLease) -> None:
+    def _release(self, held: HeldLease, to: str | None = None) -> None:
+        """Free a lease, or hand it over to the worker ``to`` that asked for it."""
         try:
-            released = self._table.release(held.shard_id, self.worker_id, held.counter)
+            if to is None:
+                released = self._table.release(held.shard_id, self.worker_id, held.counter)
+            else:
+                released = self._table.hand_over(held.shard_id, self.worker_id, held.counter, to)
         except (ClientError, BotoCoreError) as error:
             # The lease expires instead, after the lease duration.
             log.warning("releasing lease failed", extra={**self._context, "shard": held.shard_id, "error": str(error)})
             released = False
         if released:
-            log.info("released lease", extra={**self._context, "shard": held.shard_id})
+            log.info("released lease", extra={**self._context, "shard": held.shard_id, "new_owner": to})
         self._forget(held.shard_id)
 
     def _forget(self, shard_id: str) -> None:
@@ -402,9 +407,11 @@ class Worker:
             held.checkpoint = progress.checkpoint
             if held.lost.is_set():
                 self._forget(shard_id)
-            elif running.failed and not self._stop.is_set() and not held.handing_off:
+            elif running.failed and not self._stop.is_set() and held.handoff_to is None:
                 self._restart_at[shard_id] = self._clock() + RESTART_DELAY_SECONDS
-            elif progress.ended or held.handing_off or self._stop.is_set():
+            elif held.handoff_to is not None and not progress.ended:
+                self._release(held, to=held.handoff_to)
+            elif progress.ended or held.handoff_to is not None or self._stop.is_set():
                 self._release(held)
                 if progress.ended:
                     self._next_discovery = float("-inf")  # create the children's leases now
