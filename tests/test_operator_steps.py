@@ -227,7 +227,7 @@ def test_processor_step_applies_owned_objects(aws: Aws, body: dict[str, Any], se
         "match": "any",
         "conditions": [{"field": "transaction_amount", "op": "gt", "value": 100}],
     }
-    assert kube.find("Deployment")[0]["spec"]["replicas"] == 1
+    assert kube.find("Deployment")[0]["spec"]["replicas"] == 2
     assert status["processor"]["serviceAccount"] == "payments-processor"
     assert len(status["processor"]["objects"]) == len(kube.objects)
 
@@ -275,9 +275,37 @@ def test_unknown_rendered_kind_rejected(settings: OperatorSettings) -> None:
         )
 
 
-def test_replicas_stay_one_without_leases() -> None:
-    assert processor.processor_replicas(open_shards=8, max_replicas=4) == 1
+def test_replicas_follow_open_shards() -> None:
+    assert processor.processor_replicas(open_shards=8, max_replicas=4) == 4
+    assert processor.processor_replicas(open_shards=2, max_replicas=4) == 2
     assert processor.processor_replicas(open_shards=1, max_replicas=4) == 1
+    assert processor.processor_replicas(open_shards=0, max_replicas=4) == 1
+
+
+def test_dead_letter_stream_only_processor_writes(aws: Aws, body: dict[str, Any], settings: OperatorSettings) -> None:
+    document = with_spec(body, "deadLetter", "streamNamePrefix", "anomaly-dlq-")
+    kube = MemoryKube()
+
+    status = reconcile_all(aws, kube, document, settings)
+
+    assert status["deadLetter"]["name"] == "anomaly-dlq-default-payments"
+    assert status["deadLetter"]["arn"].endswith(":stream/anomaly-dlq-default-payments")
+    iam = aws.client("iam")
+    processor_policy = iam.get_role_policy(
+        RoleName="anomaly-default-payments-processor", PolicyName="anomaly-processor"
+    )
+    tester_policy = iam.get_role_policy(RoleName="anomaly-default-payments-tester", PolicyName="anomaly-tester")
+    assert status["deadLetter"]["arn"] in json.dumps(processor_policy["PolicyDocument"])
+    assert status["deadLetter"]["arn"] not in json.dumps(tester_policy["PolicyDocument"])
+    settings_document = yaml.safe_load(kube.find("ConfigMap")[0]["data"]["processor.yaml"])
+    assert settings_document["deadLetterStream"] == "anomaly-dlq-default-payments"
+
+
+def test_dead_letter_prefix_must_be_allowed(body: dict[str, Any], settings: OperatorSettings) -> None:
+    with pytest.raises(SpecError) as raised:
+        reconcile.parse(with_spec(body, "deadLetter", "streamNamePrefix", "dlq-"), settings)
+
+    assert raised.value.field == "spec.deadLetter.streamNamePrefix"
 
 
 # Deletion

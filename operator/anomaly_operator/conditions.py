@@ -1,9 +1,9 @@
 """Status conditions of an AnomalyPipeline: StreamsReady, IAMReady, ProcessorReady and Ready.
 
-Each reconcile step reports one condition; ``Ready`` is derived from the three step
+Each reconcile step reports one condition. ``Ready`` is derived from the three step
 conditions and is True only when all three are True for the current generation. The
-functions here are pure: they take the current ``status.conditions`` list and return the new
-one, keeping ``lastTransitionTime`` when a condition's status does not change, as the
+functions here are pure. They take the current ``status.conditions`` list and return the new
+one, and keep ``lastTransitionTime`` when a condition's status does not change, as the
 Kubernetes API conventions ask.
 """
 

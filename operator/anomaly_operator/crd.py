@@ -17,13 +17,12 @@ from typing import Any, Final
 
 import yaml
 from anomaly_pipeline import spec
+from anomaly_pipeline.cluster import PLURAL, VERSION
 from anomaly_processor.detector import DETECTOR_SCHEMA
 from anomaly_processor.rules import RULE_SET_SCHEMA
 
-PLURAL: Final = "anomalypipelines"
 SINGULAR: Final = "anomalypipeline"
 SHORT_NAMES: Final = ("ap",)
-VERSION: Final = "v1alpha1"
 CRD_NAME: Final = f"{PLURAL}.{spec.API_GROUP}"
 CRD_PATH: Final = Path(__file__).resolve().parents[2] / "crds" / f"{CRD_NAME}.yaml"
 
@@ -283,6 +282,10 @@ def status_schema() -> dict[str, Any]:
             },
             "input": _named_arn("The input stream."),
             "output": _named_arn("The anomaly stream."),
+            "deadLetter": {
+                **_named_arn("The dead-letter stream, or null when the pipeline has none."),
+                "nullable": True,
+            },
             "checkpointTable": _named_arn("The checkpoint table."),
             "shardCount": {"type": "integer", "description": "Open shards of the input stream."},
             "processorRoleArn": _string("ARN of the processor role, assumed through IRSA."),

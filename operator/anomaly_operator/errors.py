@@ -1,11 +1,11 @@
-"""How a failed reconcile step is retried: which AWS and Kubernetes errors are transient.
+"""Retry policy for failed reconcile steps: which AWS and Kubernetes errors are transient.
 
 ``classify`` turns an exception into a kopf error and a condition reason. Throttling,
-server-side and connection errors are ``kopf.TemporaryError`` with a short delay; access
+server-side and connection errors are ``kopf.TemporaryError`` with a short delay. Access
 errors are temporary too, with a longer delay, because an administrator can fix them without
-touching the pipeline; an invalid spec and resources owned by another pipeline are
-``kopf.PermanentError``, which kopf does not retry until the spec changes. It does not log:
-the handler reports the condition and kopf logs the error.
+touching the pipeline. An invalid spec and resources owned by another pipeline are
+``kopf.PermanentError``, which kopf does not retry until the spec changes. Nothing here logs,
+because the handler reports the condition and kopf logs the error.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ TRANSIENT_KUBERNETES_STATUSES: Final = frozenset({409, 429, 500, 502, 503, 504})
 
 
 class RenderError(RuntimeError):
-    """``helm template`` of the processor chart failed; the message holds helm's stderr."""
+    """``helm template`` of the processor chart failed, and the message contains helm's stderr."""
 
 
 class KubernetesApiError(RuntimeError):
@@ -75,7 +75,7 @@ class KubernetesApiError(RuntimeError):
 
 @dataclass(frozen=True)
 class Classified:
-    """What a handler does with a step's exception: the condition reason and the kopf error."""
+    """A handler's response to a step's exception: the condition reason and the kopf error."""
 
     reason: str
     message: str

@@ -3,8 +3,8 @@
 ``register`` adds every handler to a kopf registry: the package's ``__init__`` registers them
 in kopf's default registry for ``kopf run -m anomaly_operator``, and tests register them in
 their own registry with their own settings. Each reconcile step (``streams``, ``iam``,
-``processor``) is a separate handler with an explicit id for create, update and resume, so
-kopf records each finished step and an operator restart in the middle of a creation
+``processor``) is a separate handler with an explicit id for create, update and resume.
+kopf records each finished step, so an operator restarted in the middle of a creation
 resumes at the first unfinished step. Steps write their condition into status whether they
 succeed or fail; failures become ``kopf.TemporaryError`` or ``kopf.PermanentError`` as
 ``errors.classify`` decides.
@@ -23,11 +23,11 @@ from typing import Any, Final, cast
 
 import kopf
 from anomaly_pipeline.aws import Aws
+from anomaly_pipeline.cluster import PLURAL, VERSION
 from anomaly_pipeline.spec import API_GROUP, Pipeline, SpecError
 
 from anomaly_operator import conditions, reconcile
 from anomaly_operator.conditions import IAM_READY, PROCESSOR_READY, READY, STREAMS_READY, Condition
-from anomaly_operator.crd import PLURAL, VERSION
 from anomaly_operator.errors import classify
 from anomaly_operator.kube import KubeClient, connection_info, load_configuration
 from anomaly_operator.reconcile import StepNotReadyError, StepOutcome
@@ -46,7 +46,7 @@ AwsFactory = Callable[[str], Aws]
 class Runtime:
     """What every handler of one operator shares: settings, the Kubernetes client and AWS clients.
 
-    Settings given to the constructor are used as they are; without them, the startup handler
+    Settings given to the constructor are used as they are. Without them, the startup handler
     reads them from the environment, so a misconfigured operator stops before it watches anything.
     """
 
@@ -159,7 +159,7 @@ def run_step(
     patch: kopf.Patch,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> StepOutcome:
-    """Parse the pipeline, run one step, log its changes and report its condition; raise kopf errors on failure."""
+    """Parse the pipeline, run one step, log its changes and report its condition, raising a kopf error on failure."""
     generation = body.get("metadata", {}).get("generation")
     try:
         pipeline = reconcile.parse(body, runtime.settings)
@@ -192,7 +192,7 @@ def verify(
     patch: kopf.Patch,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> list[str]:
-    """Re-run every step on a pipeline that the handlers have finished; report recreated resources.
+    """Re-run every step on a pipeline that the handlers have finished, and report recreated resources.
 
     A resource the steps create again was deleted outside the operator, so each one gets a
     Warning event with reason ``Recreated``. While kopf is still handling the current spec
@@ -217,7 +217,7 @@ def verify(
         except Exception as error:
             condition, _ = _failure(condition_type, error)
             updates.append(condition)
-            logger.warning(f"re-verification of {condition_type} failed: {condition.message}")
+            logger.warning("re-verification of %s failed: %s", condition_type, condition.message)
             break
         updates.append(outcome.condition)
         fields.update(outcome.status)
@@ -251,13 +251,13 @@ def delete(
     status: Mapping[str, Any],
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> list[str]:
-    """Delete what the pipeline owns; on failure post a Warning event and raise kopf.TemporaryError."""
+    """Delete what the pipeline owns, or post a Warning event and raise kopf.TemporaryError on failure."""
     try:
         pipeline = reconcile.parse(body, runtime.settings)
     except SpecError as spec_error:
         last = reconcile.last_handled_pipeline(body, runtime.settings)
         if last is None and not _records_anything(status):
-            logger.info(f"nothing to delete: the spec was never valid ({spec_error})")
+            logger.info("nothing to delete: the spec was never valid (%s)", spec_error)
             return []
         if last is None:
             message = (
@@ -286,7 +286,10 @@ def delete(
         logger.info(change)
     if pipeline.deletion_policy == "Retain":
         logger.info(
-            f"kept streams {pipeline.input.name}, {pipeline.output.name} and table {pipeline.checkpoint_table} (deletionPolicy: Retain)"
+            "kept streams %s, %s and table %s (deletionPolicy: Retain)",
+            pipeline.input.name,
+            pipeline.output.name,
+            pipeline.checkpoint_table,
         )
     return changes
 
@@ -313,7 +316,9 @@ def register(
         settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.INFO
         logger.info(
-            f"operator settings: region {operator_settings.region}, allowed prefixes {', '.join(operator_settings.allowed_prefixes)}"
+            "operator settings: region %s, allowed prefixes %s",
+            operator_settings.region,
+            ", ".join(operator_settings.allowed_prefixes),
         )
 
     @kopf.on.login(id="login", registry=registry)

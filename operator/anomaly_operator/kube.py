@@ -3,7 +3,7 @@
 The operator applies what ``helm template`` rendered, so it needs a client for a handful of
 kinds, not a generic one: ``RESOURCES`` maps each kind the processor chart can render to its
 API path. Objects are created when missing and merge-patched (RFC 7386) when the rendered
-fields differ from the live ones; live fields the chart does not set are left alone.
+fields differ from the live ones. Live fields that the chart does not set are left alone.
 
 Credentials come from the pod's service account in a cluster, else from the kubeconfig
 (``KUBECONFIG``, read when ``load_configuration`` runs, or ``~/.kube/config``). The same
@@ -29,7 +29,7 @@ MERGE_PATCH: Final = "application/merge-patch+json"
 
 @dataclass(frozen=True)
 class ResourcePath:
-    """Where a kind lives in the API: ``/api/v1`` or ``/apis/<group>/<version>``, and its plural."""
+    """The API location of a kind: ``/api/v1`` or ``/apis/<group>/<version>``, and its plural."""
 
     api_version: str
     plural: str
@@ -42,7 +42,7 @@ class ResourcePath:
         return f"{self.collection(namespace)}/{name}"
 
 
-# Every kind the anomaly-processor chart renders; the operator's ClusterRole must grant each.
+# Every kind the anomaly-processor chart renders. The operator's ClusterRole must grant each.
 RESOURCES: Final[Mapping[tuple[str, str], ResourcePath]] = {
     ("v1", "ServiceAccount"): ResourcePath("v1", "serviceaccounts"),
     ("v1", "ConfigMap"): ResourcePath("v1", "configmaps"),
@@ -113,7 +113,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class ObjectApi(Protocol):
-    """The calls the operator makes on namespaced objects; ``KubeClient`` implements them."""
+    """The calls the operator makes on namespaced objects, which ``KubeClient`` implements."""
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
 
@@ -172,7 +172,7 @@ class KubeClient:
         return dict(self._call("PATCH", path, body=patch, content_type=MERGE_PATCH))
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Delete the object with background propagation; return False when it was already gone."""
+        """Delete the object with background propagation, and return False when it was already gone."""
         path = resource_path(api_version, kind).item(namespace, name)
         try:
             self._call("DELETE", path, body={"propagationPolicy": "Background"})

@@ -1,10 +1,10 @@
 """The processor's Kubernetes objects: rendered with ``helm template``, applied with owner references.
 
 The anomaly-processor chart is the one description of those objects, so the operator does not
-build manifests itself: it writes the chart's values (the processor settings document,
-replicas, ServiceAccount and image), runs ``helm template``, sets the namespace and an owner
-reference to the AnomalyPipeline on every object, and applies each through ``kube``. It does
-not install a Helm release: nothing is stored in the cluster besides the objects themselves.
+build manifests itself. It writes the chart's values (the processor settings document,
+replicas, ServiceAccount and image) and runs ``helm template``. Then it sets the namespace and
+an owner reference to the AnomalyPipeline on every object and applies each through ``kube``.
+No Helm release is installed, so nothing is stored in the cluster besides the objects.
 """
 
 from __future__ import annotations
@@ -19,20 +19,16 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
-from anomaly_pipeline.spec import Pipeline
-from anomaly_processor.config import ProcessorConfig
+from anomaly_pipeline.spec import Pipeline, processor_config
 
 from anomaly_operator.errors import RenderError
 from anomaly_operator.kube import ObjectApi, merge_patch, resource_path
 from anomaly_operator.settings import OperatorSettings
 
-# Helm rejects release names longer than 53 characters; Kubernetes object names may be 63.
+# Helm rejects release names longer than 53 characters. Kubernetes object names may have 63.
 HELM_RELEASE_NAME_MAX: Final = 53
 SERVICE_ACCOUNT_NAME_MAX: Final = 63
 HELM_TIMEOUT_SECONDS: Final = 60
-# NOTE: the processor does not share shards between pods through leases yet, so a second pod
-# would read every shard again and forward each anomaly twice. Until it does, one replica.
-PROCESSOR_SHARES_SHARDS: Final = False
 
 
 def _cut(name: str, limit: int) -> str:
@@ -53,26 +49,17 @@ def service_account_name(pipeline: Pipeline) -> str:
 
 
 def processor_replicas(open_shards: int, max_replicas: int) -> int:
-    """Return the Deployment's replicas: one pod per open shard at most, and at most ``max_replicas``."""
-    if not PROCESSOR_SHARES_SHARDS:
-        return 1
+    """Return the Deployment's replicas: one pod per open shard at most, and at most ``max_replicas``.
+
+    Pods share the shards through leases in the checkpoint table, so a pod beyond the open
+    shard count would hold no lease and stay idle.
+    """
     return max(1, min(open_shards, max_replicas))
 
 
 def processor_settings(pipeline: Pipeline) -> dict[str, Any]:
     """Return the processor settings document, the ``processor.yaml`` of the ConfigMap."""
-    config = ProcessorConfig(
-        pipeline=pipeline.key,
-        region=pipeline.region,
-        input_stream=pipeline.input.name,
-        output_stream=pipeline.output.name,
-        checkpoint_table=pipeline.checkpoint_table,
-        rules=pipeline.rules,
-        starting_position=pipeline.input.starting_position,
-        poll_interval_millis=pipeline.poll_interval_millis,
-        required_numeric_fields=pipeline.required_numeric_fields,
-    )
-    return config.as_document()
+    return processor_config(pipeline).as_document()
 
 
 def chart_values(

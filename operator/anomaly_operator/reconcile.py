@@ -35,7 +35,7 @@ class StepNotReadyError(RuntimeError):
 
 @dataclass
 class StepOutcome:
-    """What a step reports: its condition, the status fields it owns and the changes it made."""
+    """A step's report: its condition, the status fields it owns and the changes it made."""
 
     condition: Condition
     status: dict[str, Any] = field(default_factory=dict)
@@ -54,11 +54,12 @@ def parse(body: Mapping[str, Any], settings: OperatorSettings) -> Pipeline:
 
 
 def enforce_settings(pipeline: Pipeline, settings: OperatorSettings) -> Pipeline:
-    """Reject names outside the allowed prefixes and role paths outside the operator's; apply its boundary."""
+    """Reject names outside the allowed prefixes and role paths outside the operator's, and apply its boundary."""
     allowed = tuple(settings.allowed_prefixes)
     names = (
         ("spec.input.streamNamePrefix", pipeline.input.name),
         ("spec.output.streamNamePrefix", pipeline.output.name),
+        *((("spec.deadLetter.streamNamePrefix", pipeline.dead_letter.name),) if pipeline.dead_letter else ()),
         ("spec.checkpoints.tableNamePrefix", pipeline.checkpoint_table),
         ("spec.iam.roleNamePrefix", pipeline.processor_role_name),
         ("spec.iam.roleNamePrefix", pipeline.tester_role_name),
@@ -117,7 +118,7 @@ def spec_is_handled(body: Mapping[str, Any]) -> bool:
 
 
 def streams_step(aws: Aws, pipeline: Pipeline) -> StepOutcome:
-    """Create or adopt both streams and the checkpoint table, and move the input to its shard count."""
+    """Create or adopt the streams and the checkpoint table, and move the input to its shard count."""
     changes: list[str] = []
     source, done = provisioning.ensure_stream(aws, pipeline.input, pipeline, pipeline.input.retention_hours)
     changes += done
@@ -128,15 +129,15 @@ def streams_step(aws: Aws, pipeline: Pipeline) -> StepOutcome:
         condition = Condition.false(STREAMS_READY, "ShardCountChangeRejected", f"spec.input.shardCount: {error}")
     sink, done = provisioning.ensure_stream(aws, pipeline.output, pipeline)
     changes += done
+    status: dict[str, Any] = {"input": source.as_dict(), "output": sink.as_dict(), "deadLetter": None}
+    if pipeline.dead_letter is not None:
+        dead_letter, done = provisioning.ensure_stream(aws, pipeline.dead_letter, pipeline)
+        changes += done
+        status["deadLetter"] = dead_letter.as_dict()
     table, done = provisioning.ensure_table(aws, pipeline)
     changes += done
-    open_shards = provisioning.count_open_shards(aws.client("kinesis"), pipeline.input.name)
-    status = {
-        "input": source.as_dict(),
-        "output": sink.as_dict(),
-        "checkpointTable": table.as_dict(),
-        "shardCount": open_shards,
-    }
+    status["checkpointTable"] = table.as_dict()
+    status["shardCount"] = provisioning.count_open_shards(aws.client("kinesis"), pipeline.input.name)
     return StepOutcome(condition, status, changes)
 
 
@@ -158,12 +159,16 @@ def processor_trust_policy(pipeline: Pipeline, settings: OperatorSettings) -> di
 
 
 def iam_step(aws: Aws, pipeline: Pipeline, settings: OperatorSettings, status: Mapping[str, Any]) -> StepOutcome:
-    """Create or align the processor role (IRSA trust) and the tester role."""
+    """Create or align the processor role (IRSA trust) and the tester role.
+
+    Only the processor role may write the dead-letter stream.
+    """
     source = _named_arn(status, "input")
     sink = _named_arn(status, "output")
     table = _named_arn(status, "checkpointTable")
+    dead_letter = _named_arn(status, "deadLetter") if pipeline.dead_letter is not None else None
     processor_role_arn, tester_role_arn, changes = provisioning.ensure_roles(
-        aws, pipeline, source, sink, table, processor_trust_policy(pipeline, settings)
+        aws, pipeline, source, sink, table, processor_trust_policy(pipeline, settings), dead_letter
     )
     condition = Condition.true(IAM_READY, "RolesReady", "processor role (IRSA) and tester role are in place")
     return StepOutcome(condition, {"processorRoleArn": processor_role_arn, "testerRoleArn": tester_role_arn}, changes)
@@ -188,7 +193,7 @@ def processor_step(
     owner: Mapping[str, Any],
     status: Mapping[str, Any],
 ) -> StepOutcome:
-    """Render and apply the processor's objects; delete objects that an earlier render had and this one lacks."""
+    """Render and apply the processor's objects, and delete objects that an earlier render had and this one lacks."""
     role_arn = status.get("processorRoleArn")
     if not role_arn:
         raise StepNotReadyError(f"waiting for {IAM_READY}: status.processorRoleArn is not set yet")
@@ -202,7 +207,7 @@ def processor_step(
     changes += processor.delete(kube, pipeline.namespace, stale)
 
     replicas = processor.processor_replicas(open_shards, pipeline.max_replicas)
-    # NOTE: True means the objects are applied; it does not wait for the Deployment's pods to be available.
+    # NOTE: True means the objects are applied. It does not wait for the Deployment's pods to be available.
     condition = Condition.true(
         PROCESSOR_READY, "Applied", f"{len(objects)} objects applied, {replicas} replicas requested"
     )

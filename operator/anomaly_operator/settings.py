@@ -1,7 +1,7 @@
 """The operator's settings: one typed object, read from ``ANOMALY_OPERATOR_*`` environment variables.
 
-The operator chart sets these variables from its ``settings`` values. Each field says its
-unit, default and why it exists. ``OperatorSettings.from_env`` raises ``SettingsError``
+The operator chart sets these variables from its ``settings`` values. Each field's comment
+gives its unit, default and reason. ``OperatorSettings.from_env`` raises ``SettingsError``
 naming the variable, the value and the fix, so a misconfigured operator stops at startup
 instead of failing on the first pipeline. Checking a pipeline against these settings
 (allowed prefixes, role path, boundary) happens in ``policy``.
@@ -47,7 +47,7 @@ ISSUER_PATTERN: Final = r"^https://[A-Za-z0-9.-]+(:\d+)?(/[\x21-\x7E]*)?$"
 
 
 class SettingsError(ValueError):
-    """An environment variable that the operator cannot use; the message names it and the fix."""
+    """An environment variable that the operator cannot use. The message names it and the fix."""
 
     def __init__(self, variable: str, value: object, reason: str) -> None:
         super().__init__(f"{variable}: invalid value {value!r}: {reason}")
@@ -64,7 +64,7 @@ class ImageReference:
 
     @classmethod
     def parse(cls, reference: str) -> ImageReference:
-        """Split ``repository[:tag][@digest]``; a ':' before the last '/' belongs to a registry port."""
+        """Split ``repository[:tag][@digest]``, where a ':' before the last '/' belongs to a registry port."""
         name, _, digest = reference.partition("@")
         last_slash = name.rfind("/")
         colon = name.rfind(":")
@@ -167,7 +167,7 @@ class OperatorSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
-        """Read the settings from ``ANOMALY_OPERATOR_*`` variables; unset or empty ones take the default."""
+        """Read the settings from ``ANOMALY_OPERATOR_*`` variables, where unset or empty ones take the default."""
 
         def value(name: str) -> str | None:
             text = environ.get(name, "").strip()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Final
 
 from anomaly_pipeline.spec import API_GROUP, API_VERSION, Pipeline, parse_pipeline
 
-PLURAL = "anomalypipelines"
-VERSION = API_VERSION.rsplit("/", 1)[1]
+# The AnomalyPipeline resource in the Kubernetes API; the CRD and the operator use these too.
+PLURAL: Final = "anomalypipelines"
+VERSION: Final = API_VERSION.rsplit("/", 1)[1]
 
 
 class ClusterError(OSError):
