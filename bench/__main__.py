@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"events in the stream before the drain starts (default: {defaults.backlog_events:,})",
     )
     parser.add_argument(
+        "--drain-repeats",
+        type=_positive_int,
+        default=defaults.drain_repeats,
+        help=f"backlog drains per consumer, in alternating order; the fastest counts (default: {defaults.drain_repeats})",
+    )
+    parser.add_argument(
         "--no-peer", action="store_true", help="skip the async-kinesis peer and its virtual environment"
     )
     parser.add_argument(
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         duration_seconds=args.duration,
         anomaly_fraction=args.anomaly_fraction,
         backlog_events=args.backlog,
+        drain_repeats=args.drain_repeats,
         peer=not args.no_peer,
         peer_checkpointer=args.peer_checkpointer,
         plot=not args.no_plot,

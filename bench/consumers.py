@@ -22,7 +22,7 @@ import boto3
 import yaml
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.provisioning import provision
-from anomaly_pipeline.spec import API_VERSION, KIND, parse_pipeline, processor_config
+from anomaly_pipeline.spec import API_VERSION, KIND, Pipeline, parse_pipeline, processor_config
 from anomaly_processor.config import ENV_METRICS_PORT, ENV_WORKER_ID
 from anomaly_processor.health import ENV_METRICS_ADDRESS
 
@@ -53,7 +53,9 @@ class Consumer(Protocol):
 
     name: str
 
-    def prepare(self, scenario: str, shards: int, input_stream: str | None = None) -> Streams: ...
+    def prepare(self, scenario: str, shards: int, input_stream: str | None = None) -> Streams:
+        """Make fresh streams and checkpoint state for one run; reuse ``input_stream`` when given."""
+        ...
 
     def start(self, streams: Streams, label: str) -> ConsumerProcess: ...
 
@@ -94,6 +96,15 @@ def delete_streams(kinesis: Any, *names: str) -> None:
         time.sleep(0.05)
 
 
+def delete_table(dynamodb: Any, name: str) -> None:
+    """Delete DynamoDB table ``name`` if it exists and wait until it is gone."""
+    try:
+        dynamodb.delete_table(TableName=name)
+    except dynamodb.exceptions.ResourceNotFoundException:
+        return
+    dynamodb.get_waiter("table_not_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+
+
 class Ours:
     """The anomaly processor, run as ``anomaly-processor --config FILE``."""
 
@@ -105,9 +116,23 @@ class Ours:
         self._configs: dict[str, dict[str, Any]] = {}
 
     def prepare(self, scenario: str, shards: int, input_stream: str | None = None) -> Streams:
-        """Provision a pipeline named after the scenario; ``input_stream`` must be None (it makes its own)."""
+        """Provision a pipeline named after the scenario, with an empty checkpoint table.
+
+        ``input_stream`` may only name the input stream of an earlier ``prepare`` of the
+        same scenario (a repeated run on the same backlog): that stream is adopted, and
+        the checkpoint table is deleted first so the run starts from TRIM_HORIZON again.
+        """
+        pipeline = self._pipeline(scenario, shards)
         if input_stream is not None:
-            raise ValueError("the processor's pipeline provisions its own input stream")
+            if input_stream != pipeline.input.name:
+                raise ValueError(f"input stream {input_stream} is not the input of pipeline {pipeline.key}")
+            delete_table(boto3.client("dynamodb"), pipeline.checkpoint_table)
+        provisioned = provision(Aws(region=pipeline.region), pipeline)
+        streams = Streams(provisioned.input.name, provisioned.output.name, provisioned.checkpoint_table.name)
+        self._configs[streams.input] = processor_config(pipeline).as_document()
+        return streams
+
+    def _pipeline(self, scenario: str, shards: int) -> Pipeline:
         document = {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -119,11 +144,7 @@ class Ours:
                 "tester": {"principals": [TESTER_PRINCIPAL]},
             },
         }
-        pipeline = parse_pipeline(document)
-        provisioned = provision(Aws(region=pipeline.region), pipeline)
-        streams = Streams(provisioned.input.name, provisioned.output.name, provisioned.checkpoint_table.name)
-        self._configs[streams.input] = processor_config(pipeline).as_document()
-        return streams
+        return parse_pipeline(document)
 
     def start(self, streams: Streams, label: str) -> ConsumerProcess:
         config_path = self._work / f"{label}-ours.yaml"
@@ -150,16 +171,22 @@ class Peer:
         self._work = work_directory
         self._python = python
         self._checkpointer = checkpointer
+        self._runs = 0
 
     def prepare(self, scenario: str, shards: int, input_stream: str | None = None) -> Streams:
-        """Create the peer's anomaly stream, and its input stream unless ``input_stream`` names one."""
+        """Create the peer's anomaly stream, and its input stream unless ``input_stream`` names one.
+
+        Each run gets a checkpoint table of its own, which the peer creates, so a repeated
+        run starts from TRIM_HORIZON again.
+        """
         kinesis = boto3.client("kinesis")
         if input_stream is None:
             input_stream = f"ingest-{NAMESPACE}-{scenario}-peer"
             create_stream(kinesis, input_stream, shards)
         output = f"anomaly-{NAMESPACE}-{scenario}-peer"
         create_stream(kinesis, output, shards)
-        return Streams(input_stream, output, f"peer-checkpoints-{NAMESPACE}-{scenario}")
+        self._runs += 1
+        return Streams(input_stream, output, f"peer-checkpoints-{NAMESPACE}-{scenario}-{self._runs}")
 
     def start(self, streams: Streams, label: str) -> ConsumerProcess:
         command = [

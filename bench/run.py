@@ -52,6 +52,7 @@ class Settings:
     duration_seconds: float = 60.0
     anomaly_fraction: float = 0.10
     backlog_events: int = 200_000
+    drain_repeats: int = 2
     peer: bool = True
     peer_checkpointer: str = "dynamodb"
     plot: bool = True
@@ -205,7 +206,10 @@ class Run:
 
     def _backlog_drain(self, stand_ins: StandIns, probe: EndpointProbe, consumers: list[Consumer]) -> dict[str, Any]:
         settings = self.settings
-        self._say(f"backlog drain: {settings.backlog_events:,} events written before each consumer starts")
+        self._say(
+            f"backlog drain: {settings.backlog_events:,} events written once, then drained "
+            f"{settings.drain_repeats} times by each consumer; the fastest run counts"
+        )
         events = generate_events(settings.backlog_events, settings.anomaly_fraction, BACKLOG_SEED)
         kinesis = boto3.client("kinesis")
         section: dict[str, Any] = {"ours": None, "peer": None}
@@ -220,18 +224,23 @@ class Run:
         ) as bar:
             written = write_backlog(kinesis, ours_streams.input, events, bar.update)
         section["backlog_write"] = {"events": written.events, "seconds": written.seconds, "rate_per_s": written.rate}
-        for consumer in consumers:
-            try:
-                streams = (
-                    ours_streams
-                    if consumer.name == "ours"
-                    else consumer.prepare("drain", settings.shards, ours_streams.input)
-                )
-                section[consumer.name] = run_backlog_drain(
-                    consumer, stand_ins, streams, events, settings.shards, probe, settings.progress
-                )
-            except RUN_ERRORS as error:
-                self.errors.append(f"backlog drain, {consumer.name}: {error}")
+        runs: list[dict[str, Any]] = []
+        for repeat in range(settings.drain_repeats):
+            # Alternate the order (ours, peer, peer, ours, ...) so a drift in the machine's load hits both.
+            for consumer in consumers if repeat % 2 == 0 else consumers[::-1]:
+                try:
+                    streams = consumer.prepare("drain", settings.shards, ours_streams.input)
+                    run = run_backlog_drain(
+                        consumer, stand_ins, streams, events, settings.shards, probe, settings.progress, repeat + 1
+                    )
+                except RUN_ERRORS as error:
+                    self.errors.append(f"backlog drain, {consumer.name}, run {repeat + 1}: {error}")
+                    continue
+                runs.append(run)
+                best = section[consumer.name]
+                if best is None or (run["records_per_s"] or 0) > (best["records_per_s"] or 0):
+                    section[consumer.name] = run
+        section["runs"] = runs
         delete_streams(kinesis, ours_streams.input)
         section["ours_over_peer"] = report.ours_over_peer("backlog_drain", section["ours"], section["peer"])
         return section

@@ -168,6 +168,7 @@ def run_backlog_drain(
     shards: int,
     probe: EndpointProbe,
     show_progress: bool,
+    repeat: int = 1,
 ) -> dict[str, Any]:
     """Start one consumer on a stream that already holds ``events``; return its drain figures."""
     kinesis = boto3.client("kinesis")
@@ -175,12 +176,12 @@ def run_backlog_drain(
     counter = StreamCounter(kinesis, streams.output)
     timeout = max(MIN_DRAIN_TIMEOUT_SECONDS, len(events) / 1000 * DRAIN_TIMEOUT_SECONDS_PER_1000)
     probe.reset()
-    process = consumer.start(streams, "drain")
+    process = consumer.start(streams, f"drain-{repeat}")
     before = Snapshot.take(process, stand_ins)
     try:
         text, count = consumer.ready_lines(shards)
         startup = process.wait_for_log(text, count, READY_TIMEOUT_SECONDS)
-        with _bar(expected, f"backlog drain, {consumer.name}: anomalies arrived", show_progress) as bar:
+        with _bar(expected, f"backlog drain, {consumer.name}, run {repeat}: anomalies arrived", show_progress) as bar:
             complete = counter.wait_for(expected, timeout, bar.update)
         after = Snapshot.take(process, stand_ins)
         stand_in_response = probe.figures()
@@ -194,6 +195,7 @@ def run_backlog_drain(
     seconds = delivery.last_arrival - process.started_at if delivery.last_arrival is not None else None
     return {
         "consumer": consumer.name,
+        "repeat": repeat,
         "streams": _streams(streams),
         "events": len(events),
         "complete": complete,

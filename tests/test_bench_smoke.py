@@ -30,6 +30,7 @@ SMOKE_OPTIONS = [
     "--rate-per-shard=100",
     "--duration=3",
     "--backlog=2000",
+    "--drain-repeats=2",
     "--no-progress",
 ]
 
@@ -69,6 +70,8 @@ def test_smoke_run_writes_every_section(smoke_run: tuple[subprocess.CompletedPro
     assert results["filter_path"]["events"] == 2000
     assert results["filter_path"]["ratio"] > 0
     assert results["backlog_drain"]["backlog_write"]["events"] == 2000
+    drains = [(run["consumer"], run["repeat"]) for run in results["backlog_drain"]["runs"]]
+    assert drains == [("ours", 1), ("peer", 1), ("peer", 2), ("ours", 2)]
     assert [t["figure"] for t in results["targets"]] == [
         "filter path / bare parse",
         "steady-state latency p99 (ms)",
