@@ -28,8 +28,9 @@ ENV_METRICS_PORT: Final = "ANOMALY_PROCESSOR_METRICS_PORT"
 DEFAULT_CONFIG_FILE: Final = "/etc/anomaly-processor/processor.yaml"
 DEFAULT_METRICS_PORT: Final = 8080
 MIN_POLL_INTERVAL_MILLIS: Final = 200  # GetRecords allows 5 calls per second per shard.
-# How often the rules reloader reads the settings file. The kubelet takes up to about a
-# minute to bring a ConfigMap change into the pod, so polling faster gains little.
+# How often the rules reloader reads the settings file. The kubelet brings a ConfigMap
+# change into the pod only after its sync period (1 minute by default) plus its cache
+# delay, so polling much faster gains little.
 DEFAULT_RELOAD_INTERVAL_SECONDS: Final = 5.0
 MAX_RELOAD_INTERVAL_SECONDS: Final = 300.0
 

@@ -6,9 +6,9 @@ stop request is honoured between batches: the batch in flight is finished and
 checkpointed first.
 
 ``select_anomalies`` (in ``selection``) is the per-record path: de-aggregate, decode,
-judge, collect. It logs nothing; the consumer counts and logs malformed records and
-shadow verdicts once per batch, and writes a dead-letter envelope for each malformed
-record when a dead-letter stream is set. Dead letters, like anomalies, are accepted
+judge, collect. It logs nothing. The consumer counts and logs malformed records and
+shadow verdicts once per batch. When a dead-letter stream is set, it also writes a
+dead-letter envelope for each malformed record. Dead letters, like anomalies, are accepted
 before the checkpoint moves. The checkpoint carries the sub-sequence number of the
 batch's last user record.
 """

@@ -1,4 +1,4 @@
-"""Dead-letter envelopes: a malformed record wrapped in JSON that says why and where it came from.
+"""Dead-letter envelopes: a malformed record wrapped in JSON that records why and where it was read.
 
 The consumer builds one envelope per malformed record (or user record of an aggregate)
 and writes them with a ``Forwarder`` to the dead-letter stream before it checkpoints,

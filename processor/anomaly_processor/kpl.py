@@ -4,11 +4,11 @@ The KPL aggregated format is a 4-byte magic prefix, a protobuf ``AggregatedRecor
 (partition key table, explicit hash key table, user records) and the MD5 digest of the
 protobuf bytes. The message class and the constants come from ``aws-kinesis-agg``.
 
-Its own ``iter_deaggregate_records`` is not used on the per-record path, for three
-reasons: it base64-encodes every user record's bytes (the processor would decode them
-again), it passes a record with a bad digest through as if it were not aggregated, and
-an out-of-range key index stops the iteration after printing to stderr, which would
-drop the remaining user records without a trace. ``deaggregate`` instead raises
+The package's own ``iter_deaggregate_records`` (aws-kinesis-agg 1.2.3) is not used on the
+per-record path. It base64-encodes every user record's bytes, which the processor would
+decode again. It passes a record with a bad digest through as if it were not aggregated.
+An out-of-range key index stops its iteration after printing to stderr, which drops the
+remaining user records without a trace. ``deaggregate`` instead raises
 ``CorruptAggregateError`` for every such case, so the consumer can dead-letter the whole
 record. A test checks that both give the same user records for sound aggregates.
 
@@ -73,7 +73,7 @@ def deaggregate(data: bytes) -> list[UserRecord]:
         aggregate.ParseFromString(body)
     except DecodeError as error:
         raise CorruptAggregateError(f"aggregate body is not an AggregatedRecord: {error}") from error
-    # This protobuf runtime parses a message that lacks a required field without an error.
+    # protobuf 7's Python runtime parses a message that lacks a required field without an error.
     if not aggregate.IsInitialized():
         missing = ", ".join(aggregate.FindInitializationErrors())
         raise CorruptAggregateError(f"aggregate body is not an AggregatedRecord: missing required {missing}")

@@ -4,7 +4,7 @@ The rules and the shadow detector live in the processor settings file (``process
 in the processor's ConfigMap, which the operator rewrites on every spec change), so one
 file stays the single source of the processor's settings. The kubelet updates a mounted
 ConfigMap by writing a new directory and swapping the ``..data`` symlink that the file's
-path goes through, so the file is replaced, never written in place, and an inotify watch
+path goes through. The file is replaced rather than written in place, so an inotify watch
 on it would miss the change. ``RulesReloader`` therefore polls: every interval it reads
 the file and compares the SHA-256 of its content with the last content it read.
 
@@ -107,7 +107,7 @@ class ReloadStatus:
 
 
 class RulesReloader:
-    """A detector source that follows the settings file: ``current`` always holds a valid set."""
+    """A detector source that follows the settings file; ``current`` is always a valid set."""
 
     def __init__(self, path: str, config: ProcessorConfig, clock: Callable[[], float] = time.time) -> None:
         self.path = path
@@ -127,7 +127,8 @@ class RulesReloader:
     def check(self) -> bool:
         """Read the file once; apply its detectors if its content changed and is valid.
 
-        Returns True when new detectors took effect. Never raises for a broken file.
+        Returns True when new detectors took effect. A broken file returns False after it
+        was logged and counted.
         """
         with self._lock:
             self._checked_at = self._clock()
@@ -162,16 +163,19 @@ class RulesReloader:
         self._error = None
         self._applied_sha256 = sha256
         metrics.RULES_FILE_VALID.set(1)
+
         if _restart_settings(config) != self._startup_settings and self._restart_warned_sha256 != sha256:
             self._restart_warned_sha256 = sha256
             log.warning(
                 "settings other than rules and detectors changed; they take effect after a restart",
                 extra={"file": self.path, "sha256": sha256},
             )
+
         if _definition(detectors) == _definition(previous):
             if was_failing:
                 log.info("settings file is valid again; the detectors are unchanged", extra={"file": self.path})
             return False
+
         self.current = detectors  # one reference assignment: the switch between two records
         self._applied_at = self._clock()
         metrics.RULES_RELOADS.labels(result="applied").inc()

@@ -138,8 +138,8 @@ def _decimal_to_json(value: Decimal) -> int | float | str:
     if value == value.to_integral_value():
         return int(value)
     as_float = float(value)
-    # Keep the exact text when a float would round it; only ordering operators meet such
-    # values, and they read a decimal string back as the same number.
+    # Keep the exact text when a float would round it. Only the ordering operators read such
+    # a string back as the same number, because eq, ne and in keep strings as strings.
     return as_float if Decimal(repr(as_float)) == value else str(value)
 
 

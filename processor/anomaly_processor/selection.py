@@ -31,7 +31,7 @@ Decode = Callable[[bytes], tuple[dict[str, Any] | None, MalformedReason | None]]
 
 @dataclass(slots=True)
 class ShadowTally:
-    """How one shadow detector's verdicts compared with the active detector's during a batch."""
+    """Tally of one shadow detector's verdicts against the active detector's during a batch."""
 
     detector: Detector
     # Indexed by active verdict + 2 * shadow verdict: both normal, only the active detector
@@ -51,7 +51,7 @@ class ShadowTally:
 
 @dataclass(slots=True)
 class BatchTally:
-    """What ``select_anomalies`` counted besides anomalies and malformed records."""
+    """Counts that ``select_anomalies`` gathers besides the anomalies and malformed records."""
 
     # Sub-sequence number of the batch's last user record: 0 for a plain or corrupt record.
     last_sub_sequence_number: int = 0
@@ -133,10 +133,11 @@ def select_anomalies(
 ) -> tuple[list[Entry], list[Malformed]]:
     """Judge each record; return the anomalies to forward and the malformed records, in order.
 
-    ``resume_after`` is the checkpoint the shard was started from. When the batch starts
-    with that checkpoint's record (the reader started at it, not after it), the user
-    records up to its sub-sequence number are skipped, and a plain record is skipped
-    whole, so a restart inside an aggregate neither repeats nor skips a user record.
+    ``resume_after`` is the checkpoint the shard was started from. The batch starts with
+    that checkpoint's record when the reader started at it rather than after it. Then the
+    record's user records up to the checkpoint's sub-sequence number are skipped, and a
+    plain record is skipped whole. So a restart inside an aggregate neither repeats nor
+    skips a user record.
     """
     if tally is None:
         tally = BatchTally()

@@ -353,15 +353,6 @@ class Worker:
             config.poll_interval_millis / 1000,
             include_start_record=True,
         )
-        dead_letters = None
-        if config.dead_letter_stream is not None:
-            dead_letters = Forwarder(
-                self._kinesis,
-                config.dead_letter_stream,
-                held.shard_id,
-                accepted_counter=metrics.DEAD_LETTERS_WRITTEN.labels(stream=config.dead_letter_stream),
-                latency=None,
-            )
         consumer = ShardConsumer(
             shard_id=held.shard_id,
             stream=config.input_stream,
@@ -370,7 +361,7 @@ class Worker:
             checkpoints=self._checkpoints,
             decoder=self._decoder,
             detectors=self._detectors,
-            dead_letters=dead_letters,
+            dead_letters=self._dead_letter_forwarder(held.shard_id),
             stop=self._stop,
             start_checkpoint=checkpoint,
             keep_going=held.keep_reading,
@@ -380,6 +371,14 @@ class Worker:
         running.thread = threading.Thread(target=self._run_consumer, args=(running,), name=f"shard-{held.shard_id}")
         self._running[held.shard_id] = running
         running.thread.start()
+
+    def _dead_letter_forwarder(self, shard_id: str) -> Forwarder | None:
+        """Return a writer to the dead-letter stream, counted apart from anomalies, or None without one."""
+        stream = self.config.dead_letter_stream
+        if stream is None:
+            return None
+        counter = metrics.DEAD_LETTERS_WRITTEN.labels(stream=stream)
+        return Forwarder(self._kinesis, stream, shard_id, accepted_counter=counter, latency=None)
 
     def _run_consumer(self, running: _Running) -> None:
         consumer = running.consumer
