@@ -1,7 +1,7 @@
 """Shard leases shared by several workers, on moto's server: items, spread, loss, expiry, release.
 
-The balancing rules are tested as a pure function first; the rest runs real workers in
-threads against moto's DynamoDB and Kinesis with a 3 s lease duration.
+The balancing rules are tested as a pure function first. The rest runs real workers in
+threads against moto's DynamoDB and Kinesis, with a 3 s lease duration.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_plan_skips_children_until_parents_end() -> None:
     assert [taken.shard_id for taken in plan.take] == ["c"]
 
 
-def test_plan_treats_expired_and_own_stale_leases_as_free() -> None:
+def test_plan_takes_expired_and_own_leases() -> None:
     table = {"s0": lease("s0", "dead"), "s1": lease("s1", "me"), "s2": lease("s2", "alive")}
     plan = plan_leases(table, "me", held=[], expired=lambda item: item.owner == "dead")
     assert {taken.shard_id for taken in plan.take} == {"s0", "s1"}
@@ -308,7 +308,7 @@ def test_checkpoint_never_moves_backwards(aws: Aws, example_pipeline: Pipeline) 
     with pytest.raises(ValueError, match="would move back"):
         store.write("shardId-000000000000", early, late)
     with pytest.raises(CheckpointConflictError):
-        store.write("shardId-000000000000", Checkpoint("300"), early)  # stale: the table holds 200
+        store.write("shardId-000000000000", Checkpoint("300"), early)  # stale: the table contains 200
     other = CheckpointStore(dynamodb, pipeline.checkpoint_table, owner="w2")
     with pytest.raises(CheckpointConflictError, match="w2 no longer holds"):
         other.write("shardId-000000000000", Checkpoint("300"), late)
