@@ -23,6 +23,7 @@ from anomaly_pipeline import policies
 from anomaly_pipeline.spec import load_pipeline_file
 from parliament import analyze_policy_string
 
+from tests.tools.helm import KUBE_VERSION
 from tests.tools.paths import REPO_ROOT
 
 INFRA: Final = REPO_ROOT / "infra"
@@ -346,6 +347,8 @@ def test_eksctl_cluster_in_eu_west_1_with_oidc() -> None:
     assert config["kind"] == "ClusterConfig"
     assert config["metadata"]["region"] == REGION
     assert re.fullmatch(r"1\.\d+", config["metadata"]["version"])
+    # The charts are validated against the same Kubernetes minor version.
+    assert KUBE_VERSION.startswith(config["metadata"]["version"] + ".")
     assert config["iam"]["withOIDC"] is True
 
 
