@@ -81,6 +81,13 @@ def generated_policies() -> dict[str, dict[str, Any]]:
     provider_arn = f"arn:aws:iam::{ACCOUNT}:oidc-provider/{OIDC_ISSUER.removeprefix('https://')}"
     return {
         "processor-policy": policies.processor_policy(input_arn, output_arn, table_arn),
+        # A dead-letter stream named under an allowed prefix, such as anomaly-dead-letter-.
+        "processor-policy-dead-letter": policies.processor_policy(
+            input_arn,
+            output_arn,
+            table_arn,
+            f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/anomaly-dead-letter-default-payments",
+        ),
         "tester-policy": policies.tester_policy(input_arn, output_arn),
         "irsa-trust": policies.irsa_trust_policy(provider_arn, OIDC_ISSUER, pipeline.namespace, "payments-processor"),
         "account-trust": policies.account_trust_policy(pipeline.tester_principals),
@@ -277,7 +284,7 @@ def boundary_allows(action: str, resource: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("name", ["processor-policy", "tester-policy"])
+@pytest.mark.parametrize("name", ["processor-policy", "processor-policy-dead-letter", "tester-policy"])
 def test_boundary_permits_what_pipeline_roles_need(name: str) -> None:
     policy = generated_policies()[name]
     for statement in statements(policy):
