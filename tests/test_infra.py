@@ -211,7 +211,7 @@ EXPECTED_RESOURCES: Final = {
         f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/anomaly-*",
     },
     "dynamodb": {f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/anomaly-checkpoints-*"},
-    "iam": {f"arn:aws:iam::{ACCOUNT}:role/anomaly-pipeline/anomaly-*"},
+    "iam": {f"arn:aws:iam::{ACCOUNT}:role/anomaly-pipeline/*"},
 }
 
 
@@ -267,9 +267,21 @@ def test_example_pipeline_resources_fall_under_operator_policy() -> None:
             f"arn:aws:iam::{ACCOUNT}:role{pipeline.role_path}{pipeline.tester_role_name}",
         ],
     }
+    # The operator accepts any role path under its own, such as /anomaly-pipeline/team-a/.
+    names["iam"].append(f"arn:aws:iam::{ACCOUNT}:role/anomaly-pipeline/team-a/anomaly-team-a-payments-processor")
     for service, arns in names.items():
         for arn in arns:
             assert any(fnmatch.fnmatchcase(arn, pattern) for pattern in EXPECTED_RESOURCES[service]), arn
+
+    outside = [
+        f"arn:aws:iam::{ACCOUNT}:role/anomaly-default-payments-processor",
+        f"arn:aws:iam::{ACCOUNT}:role/other/anomaly-default-payments-processor",
+        f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/orders",
+        f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/orders",
+    ]
+    for arn in outside:
+        patterns = {pattern for group in EXPECTED_RESOURCES.values() for pattern in group}
+        assert not any(fnmatch.fnmatchcase(arn, pattern) for pattern in patterns), arn
 
 
 # --- the permissions boundary ------------------------------------------------------------
