@@ -89,6 +89,7 @@ def run(
             ENV_METRICS_PORT,
             extra={"address": address, "port": port, "error": str(error)},
         )
+        stop_reloading.set()
         return 1
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

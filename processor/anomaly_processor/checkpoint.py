@@ -4,8 +4,9 @@ One item per shard, keyed by ``leaseKey`` = shard id. A checkpoint is a sequence
 plus a sub-sequence number (the position inside a KPL-aggregated record), or
 ``SHARD_END`` once a closed shard has been read to its end. The same item is the shard's
 lease (leases.py). A checkpoint is written only after everything before it was
-forwarded, and never moves backwards: the write is conditional on the value this worker
-read or wrote last and, when the store has an owner, on that worker holding the lease.
+forwarded, and never moves backwards. The write is conditional on the value this worker
+read or wrote last. When the store has an owner, it is also conditional on that worker
+holding the lease.
 """
 
 from __future__ import annotations

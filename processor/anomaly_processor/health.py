@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 ENV_METRICS_ADDRESS: Final = "ANOMALY_PROCESSOR_METRICS_ADDRESS"
 # Kubelet and Prometheus reach the pod on its pod IP, so the default is every interface.
 DEFAULT_ADDRESS: Final = "0.0.0.0"  # noqa: S104
-# A lease-loop pass makes a few AWS calls; with botocore's connect and read timeouts and
-# retries a pass against an unreachable endpoint can take tens of seconds.
+# A lease-loop pass makes a few AWS calls. With botocore's connect and read timeouts and
+# retries, a pass against an unreachable endpoint can take tens of seconds.
 LIVENESS_TIMEOUT_SECONDS: Final = 120.0
 
 
 class WorkerState(Protocol):
-    """What the probes read from the worker."""
+    """The worker state that the probes read."""
 
     ready: threading.Event
     last_pass_at: float | None

@@ -6,7 +6,7 @@ both its lease and its checkpoint (checkpoint.py writes the checkpoint attribute
 - ``leaseOwner``: the worker id that holds the lease; absent while the lease is free.
 - ``leaseCounter``: incremented by every take, renewal and release.
 - ``parentShardIds``: the shard's parents, so that a child is read only after they end.
-- ``leaseRequestedBy``: a worker with fewer leases that asks the owner to hand this one over.
+- ``leaseRequestedBy``: a worker with fewer leases that requests this one from the owner.
 
 Every change is a write conditional on the owner and counter the writer last read, so
 two workers never both hold one lease. A worker judges another worker's lease expired
@@ -57,7 +57,7 @@ class LeaseSettings:
     # one failed renewal does not yet stop the holder from forwarding.
     renew_interval: float = 2.0
     # Time between reads of the lease table. It bounds how soon a released or expired
-    # lease is taken and how soon a worker sees that it lost a lease.
+    # lease is taken and how soon a worker detects that it lost a lease.
     scan_interval: float = 1.0
     # Time between ListShards calls that find the shards of a split, merge or UpdateShardCount.
     discovery_interval: float = 5.0
@@ -135,8 +135,8 @@ def _conflict(error: ClientError) -> bool:
 class LeaseTable:
     """Conditional reads and writes of lease items in the checkpoint table.
 
-    Methods that change a lease return False (or None) when the condition failed, that is
-    when another worker changed the item first; other AWS errors are raised.
+    Methods that change a lease return False (or None) when the condition failed because
+    another worker changed the item first. Other AWS errors are raised.
     """
 
     def __init__(self, dynamodb: Any, table: str) -> None:
@@ -208,8 +208,8 @@ class LeaseTable:
     def hand_over(self, shard_id: str, owner: str, counter: int, new_owner: str) -> bool:
         """Make ``new_owner`` the owner of a lease that ``owner`` holds at ``counter``.
 
-        The new owner finds the lease in its name and takes it at its next table read;
-        other workers see it owned all along, so none of them takes it in between.
+        The new owner finds the lease in its name and takes it at its next table read.
+        Other workers see it owned all along, so none of them takes it in between.
         """
         values = {":me": {"S": owner}, ":seen": {"N": str(counter)}, ":one": {"N": "1"}, ":new": {"S": new_owner}}
         condition = "#owner = :me AND #counter = :seen"
@@ -344,7 +344,7 @@ def parents_done(lease: Lease, leases: Mapping[str, Lease]) -> bool:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one worker does with the leases after one read of the table."""
+    """The leases one worker takes and requests after one read of the table."""
 
     take: list[Lease]
     request: Lease | None
@@ -361,8 +361,8 @@ def plan_leases(
 ) -> Plan:
     """Choose the leases to take and, when none is free, a lease to request from the busiest worker.
 
-    Live workers are the owners of unexpired leases, the workers asking for a lease, and
-    this one. Each aims at the fair share rounded up, and asks for a handoff only from a
+    Live workers are the owners of unexpired leases, the workers requesting a lease, and
+    this one. Each aims at the fair share rounded up. It requests a handoff only from a
     worker holding at least two more leases than itself, so that once stable no worker
     holds more than one lease above the fair share. ``busy`` shards still have a consumer
     thread stopping here and are not taken yet.
@@ -388,8 +388,10 @@ def plan_leases(
     request = None
     already_requested = any(lease.requested_by == me for lease in leases.values())
     if not free and not already_requested:
-        busiest, most = max(((w, n) for w, n in counts.items() if w != me), key=lambda pair: pair[1], default=("", 0))
-        if most - mine >= 2:
+        busiest, busiest_count = max(
+            ((w, n) for w, n in counts.items() if w != me), key=lambda pair: pair[1], default=("", 0)
+        )
+        if busiest_count - mine >= 2:
             choices = [lease for lease in readable if lease.owner == busiest and lease.requested_by is None]
             request = rng.choice(choices) if choices else None
     return Plan(take, request, target)

@@ -1,7 +1,7 @@
 """Prometheus metrics of the processor, served on ``/metrics`` by health.py.
 
-Counters are incremented once per batch, not per record, to keep the per-record path
-free of metric calls; only the latency histogram is observed per forwarded anomaly.
+Counters are incremented once per batch, not per record, so the per-record path makes
+no metric calls. Only the latency histogram is observed per forwarded anomaly.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Several workers, in one process or many, share a stream through the leases in the
 checkpoint table (leases.py). The worker's own thread runs the lease loop: every
 ``scan_interval`` it renews its leases, reads the table, takes free and expired leases
-up to its fair share, asks the busiest worker for a handoff when it has too few, and
+up to its fair share, requests a handoff from the busiest worker when it has too few, and
 releases a lease once its consumer stops after a handoff or the shard's end. Every
 ``discovery_interval``, and at once after a shard ends, it lists the stream's shards and
 creates leases for new ones, so shards made by a split, a merge or UpdateShardCount are
@@ -254,7 +254,7 @@ class Worker:
             )
 
     def _check_held(self, leases: dict[str, Lease]) -> None:
-        """Notice leases taken by others, and answer handoff requests for held leases."""
+        """Detect leases taken by other workers, and grant or decline handoff requests for held leases."""
         mine = sum(1 for lease in self._held.values() if lease.handoff_to is None and not lease.lost.is_set())
         for held in list(self._held.values()):
             item = leases.get(held.shard_id)
@@ -276,7 +276,12 @@ class Worker:
 
     def _take(self, lease: Lease) -> None:
         # "assigned": the lease is in this worker's name, after a handoff or from an earlier run with this id.
-        reason = "free" if lease.owner is None else ("assigned" if lease.owner == self.worker_id else "expired")
+        if lease.owner is None:
+            reason = "free"
+        elif lease.owner == self.worker_id:
+            reason = "assigned"
+        else:
+            reason = "expired"
         sent = self._clock()
         taken = self._table.take(lease, self.worker_id)
         if taken is None:
