@@ -66,8 +66,8 @@ PROCESSOR_RESOURCES = {
 class ApiServer(kmock.KubernetesEmulator):
     """kmock's Kubernetes emulator plus the object bookkeeping of a real API server.
 
-    On create it sets uid, creationTimestamp, generation 1 and a new resourceVersion; on each
-    patch a new resourceVersion, and generation + 1 when the spec changes. A JSON patch whose
+    On create it sets uid, creationTimestamp, generation 1 and a new resourceVersion. Each
+    patch gets a new resourceVersion, and generation + 1 when it changes the spec. A JSON patch whose
     ``test`` operation fails gets HTTP 422, as from kube-apiserver. Every request is logged.
     """
 
@@ -346,6 +346,7 @@ def test_example_becomes_ready(cluster: Cluster, aws_endpoint: str) -> None:
     assert (
         deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/anomaly-processor:0.1.0"
     )
+    assert deployment["spec"]["replicas"] == 2
     for resource, found in objects.items():
         for manifest in found:
             owner = manifest["metadata"]["ownerReferences"][0]
@@ -651,3 +652,29 @@ def test_kopf_run_module_reads_env(cluster: Cluster, aws_endpoint: str, tmp_path
         deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/anomaly-processor:0.2.0"
     )
     assert "Activity 'configure' succeeded" in (tmp_path / "operator.log").read_text(encoding="utf-8")
+
+
+def test_failed_deletion_keeps_finalizer(cluster: Cluster, aws_endpoint: str) -> None:
+    iam = aws_client(aws_endpoint, "iam")
+    with running_operator():
+        apply_pipeline(cluster, example())
+        wait_for(lambda: is_ready(cluster), "Ready=True")
+
+    registry = kopf.OperatorRegistry()
+    register(registry, operator_settings(), aws_factory=lambda region: IamThrottledAws(region=region))
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "--verbose"], registry=registry, timeout=30):
+        cluster.request("DELETE", f"{PIPELINES}/payments")
+        failed = wait_for(lambda: events(cluster, "DeletionFailed"), "a DeletionFailed event")
+        kept = pipeline(cluster)
+        roles_while_throttled = [r["RoleName"] for r in iam.list_roles()["Roles"]]
+
+    with running_operator():
+        wait_for(lambda: pipeline(cluster) is None, "the AnomalyPipeline to be deleted after the retry")
+
+    assert failed[0]["type"] == "Warning"
+    assert "ThrottlingException" in failed[0]["message"]
+    assert kept is not None
+    assert kept["metadata"]["deletionTimestamp"]
+    assert kept["metadata"]["finalizers"] == ["anomaly.dev/finalizer"]
+    assert "anomaly-default-payments-tester" in roles_while_throttled
+    assert iam.list_roles()["Roles"] == []

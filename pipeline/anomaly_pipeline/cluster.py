@@ -1,9 +1,9 @@
 """Read an AnomalyPipeline and its status from a Kubernetes cluster, for ``credentials --from-cluster``.
 
-The anomaly operator writes the tester role's ARN into ``status.testerRoleArn``; this module
-reads it, with the spec (for the region, the stream names and the session length), through
-the ``kubernetes`` client and the usual kubeconfig (``KUBECONFIG`` or ``~/.kube/config``), or
-the pod's service account inside a cluster. The client is imported only here, so the rest of
+The anomaly operator writes the tester role's ARN into ``status.testerRoleArn``. This module
+reads it with the spec, which gives the region, the stream names and the session length. It
+uses the ``kubernetes`` client with the usual kubeconfig (``KUBECONFIG`` or ``~/.kube/config``),
+or the pod's service account inside a cluster. The client is imported only here, so the rest of
 the command line works without the ``operator`` extra. It never writes to the cluster.
 """
 
