@@ -631,21 +631,21 @@ def test_operator_binding_names_the_eksctl_service_account() -> None:
 
 
 EXPECTED_RULES = {
-    ("anomaly.dev", "anomalypipelines"): {"get", "list", "watch", "patch"},
-    ("anomaly.dev", "anomalypipelines/status"): {"get", "patch", "update"},
+    ("anomaly.dev", "anomalypipelines"): {"list", "watch", "patch"},
+    ("anomaly.dev", "anomalypipelines/status"): {"patch"},
     ("anomaly.dev", "anomalypipelines/finalizers"): {"update"},
     ("", "events"): {"create"},
-    ("", "configmaps"): {"get", "list", "create", "patch", "update", "delete"},
-    ("", "serviceaccounts"): {"get", "list", "create", "patch", "update", "delete"},
-    ("", "services"): {"get", "list", "create", "patch", "update", "delete"},
-    ("apps", "deployments"): {"get", "list", "create", "patch", "update", "delete"},
-    ("policy", "poddisruptionbudgets"): {"get", "list", "create", "patch", "update", "delete"},
+    ("", "configmaps"): {"get", "create", "patch", "delete"},
+    ("", "serviceaccounts"): {"get", "create", "patch", "delete"},
+    ("", "services"): {"get", "create", "patch", "delete"},
+    ("apps", "deployments"): {"get", "create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "delete"},
     ("", "namespaces"): {"list", "watch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
 MONITORING_RULES = {
-    ("monitoring.coreos.com", "servicemonitors"): {"get", "list", "create", "patch", "update", "delete"},
-    ("monitoring.coreos.com", "prometheusrules"): {"get", "list", "create", "patch", "update", "delete"},
+    ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch", "delete"},
+    ("monitoring.coreos.com", "prometheusrules"): {"get", "create", "patch", "delete"},
 }
 
 
