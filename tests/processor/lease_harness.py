@@ -6,6 +6,7 @@ takeover take seconds. Every worker has its own boto3 clients, as separate proce
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any, Final
 
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.spec import Pipeline, processor_config
+from anomaly_processor.checkpoint import KEY
 from anomaly_processor.leases import Lease, LeaseSettings, LeaseTable
 from anomaly_processor.worker import Worker
 from botocore.config import Config
@@ -25,6 +27,7 @@ FAST_LEASES: Final = LeaseSettings(duration=3.0, renew_interval=0.5, scan_interv
 # Fail fast on moto's HTTP 500 for a malformed request, but keep one retry for a dropped connection.
 CLIENT_CONFIG: Final = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2, read_timeout=10)
 THRESHOLD: Final = 100
+ACTIVE_TIMEOUT_SECONDS: Final = 10.0
 
 
 @dataclass
@@ -149,3 +152,39 @@ def read_stream(kinesis: Any, stream: str) -> list[dict[str, Any]]:
 def forwarded_ids(kinesis: Any, stream: str) -> list[str]:
     """Return the event ids in the anomaly stream, one per record, duplicates included."""
     return [json.loads(record["Data"])["event_id"] for record in read_stream(kinesis, stream)]
+
+
+def wait_active(kinesis: Any, stream: str) -> None:
+    wait_for(
+        lambda: (
+            kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE"
+        ),
+        ACTIVE_TIMEOUT_SECONDS,
+        f"stream {stream} to become ACTIVE",
+    )
+
+
+def kinesalite_pipeline(aws: Aws, example: Pipeline, name: str, shards: int) -> Pipeline:
+    """Create the input and anomaly streams on kinesalite and the checkpoint table on moto."""
+    pipeline = dataclasses.replace(
+        example,
+        input=dataclasses.replace(example.input, name=f"input-{name}", shard_count=shards),
+        output=dataclasses.replace(example.output, name=f"anomalies-{name}", shard_count=1),
+    )
+    kinesis = aws.client("kinesis")
+    kinesis.create_stream(StreamName=pipeline.input.name, ShardCount=shards)
+    kinesis.create_stream(StreamName=pipeline.output.name, ShardCount=1)
+    wait_active(kinesis, pipeline.input.name)
+    wait_active(kinesis, pipeline.output.name)
+    aws.client("dynamodb").create_table(
+        TableName=pipeline.checkpoint_table,
+        AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return pipeline
+
+
+def open_shards(kinesis: Any, stream: str) -> list[dict[str, Any]]:
+    shards = kinesis.list_shards(StreamName=stream)["Shards"]
+    return [shard for shard in shards if "EndingSequenceNumber" not in shard["SequenceNumberRange"]]

@@ -20,15 +20,20 @@ import pytest
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.provisioning import provision, reconcile_shard_count
 from anomaly_pipeline.spec import Pipeline
-from anomaly_processor.checkpoint import KEY
 
-from tests.processor.lease_harness import leases, read_stream, running_workers, wait_for
+from tests.processor.lease_harness import (
+    kinesalite_pipeline,
+    leases,
+    open_shards,
+    read_stream,
+    running_workers,
+    wait_for,
+)
 from tests.tools.kinesalite import run_kinesalite
 
 pytestmark = pytest.mark.e2e
 
 KEYS = 16  # partition keys, each with its own numbered sequence of events
-ACTIVE_TIMEOUT_SECONDS = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -43,37 +48,6 @@ def split_aws(kinesalite_endpoint: str, moto_endpoint: str, monkeypatch: pytest.
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", kinesalite_endpoint)
     return Aws("eu-west-1")
-
-
-def wait_active(kinesis: Any, stream: str) -> None:
-    wait_for(
-        lambda: (
-            kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE"
-        ),
-        ACTIVE_TIMEOUT_SECONDS,
-        f"stream {stream} to become ACTIVE",
-    )
-
-
-def kinesalite_pipeline(aws: Aws, example: Pipeline, name: str, shards: int) -> Pipeline:
-    """Create the input and anomaly streams on kinesalite and the checkpoint table on moto."""
-    pipeline = dataclasses.replace(
-        example,
-        input=dataclasses.replace(example.input, name=f"input-{name}", shard_count=shards),
-        output=dataclasses.replace(example.output, name=f"anomalies-{name}", shard_count=1),
-    )
-    kinesis = aws.client("kinesis")
-    kinesis.create_stream(StreamName=pipeline.input.name, ShardCount=shards)
-    kinesis.create_stream(StreamName=pipeline.output.name, ShardCount=1)
-    wait_active(kinesis, pipeline.input.name)
-    wait_active(kinesis, pipeline.output.name)
-    aws.client("dynamodb").create_table(
-        TableName=pipeline.checkpoint_table,
-        AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return pipeline
 
 
 class KeyedWriter:
@@ -138,11 +112,6 @@ def assert_each_once_in_key_order(forwarded: list[tuple[str, int]], expected: li
     for key in {key for key, _ in expected}:
         numbers = [number for k, number in forwarded if k == key]
         assert numbers == sorted(numbers), f"anomalies of partition key {key} are forwarded in order"
-
-
-def open_shards(kinesis: Any, stream: str) -> list[dict[str, Any]]:
-    shards = kinesis.list_shards(StreamName=stream)["Shards"]
-    return [shard for shard in shards if "EndingSequenceNumber" not in shard["SequenceNumberRange"]]
 
 
 def test_split_children_read_after_parent(split_aws: Aws, example_pipeline: Pipeline) -> None:
