@@ -274,13 +274,10 @@ def delete(
     except Exception as error:
         message = f"deletion failed, the finalizer stays until it succeeds: {error}"
         kopf.warn(cast(kopf.Body, body), reason="DeletionFailed", message=message)
+        classified = classify(error).error
         delay = DELETE_RETRY_DELAY_SECONDS
-        try:
-            classified = classify(error).error
-            if isinstance(classified, kopf.TemporaryError) and classified.delay:
-                delay = classified.delay
-        except Exception:  # noqa: S110 - the delay is only a hint
-            pass
+        if isinstance(classified, kopf.TemporaryError) and classified.delay:
+            delay = classified.delay
         raise kopf.TemporaryError(message, delay=delay) from error
     for change in changes:
         logger.info(change)
