@@ -259,6 +259,7 @@ def markdown_table(results: dict[str, Any]) -> str:
                 "0 / 0 / 0",
                 "",
             ),
+            *_stand_in_rows(label, ours, peer),
         ]
 
     drain = results.get("backlog_drain")
@@ -322,6 +323,7 @@ def markdown_table(results: dict[str, Any]) -> str:
                 "0 / 0 / 0",
                 "",
             ),
+            *_stand_in_rows(label, ours, peer),
         ]
 
     header = ("benchmark", "figure", "ours", "peer", "ours / peer", "target", "met")
