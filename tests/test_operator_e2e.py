@@ -34,7 +34,7 @@ import kmock
 import kopf
 import pytest
 import yaml
-from anomaly_operator import crd
+from anomaly_operator import crd, errors
 from anomaly_operator.handlers import register
 from anomaly_operator.settings import OperatorSettings
 from anomaly_pipeline import credentials
@@ -597,6 +597,13 @@ class IamThrottledAws(Aws):
         return ThrottledIam() if service == "iam" else super().client(service, config)
 
 
+@pytest.fixture
+def short_throttling_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry throttled steps after 2 s instead of 15 s; what the tests check does not depend on the delay."""
+    monkeypatch.setattr(errors, "THROTTLED_DELAY_SECONDS", 2.0)
+
+
+@pytest.mark.usefixtures("short_throttling_delay")
 def test_restart_skips_finished_steps(cluster: Cluster, aws_endpoint: str) -> None:
     registry = kopf.OperatorRegistry()
     register(registry, operator_settings(), aws_factory=lambda region: IamThrottledAws(region=region))
@@ -654,6 +661,7 @@ def test_kopf_run_module_reads_env(cluster: Cluster, aws_endpoint: str, tmp_path
     assert "Activity 'configure' succeeded" in (tmp_path / "operator.log").read_text(encoding="utf-8")
 
 
+@pytest.mark.usefixtures("short_throttling_delay")
 def test_failed_deletion_keeps_finalizer(cluster: Cluster, aws_endpoint: str) -> None:
     iam = aws_client(aws_endpoint, "iam")
     with running_operator():
