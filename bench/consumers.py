@@ -34,7 +34,7 @@ NAMESPACE: Final = "bench"
 TESTER_PRINCIPAL: Final = "123456789012"
 STREAM_ACTIVE_TIMEOUT_SECONDS: Final = 30.0
 PEER_SCRIPT: Final = Path(__file__).resolve().parent / "peer_consumer.py"
-# What each consumer logs once it reads every shard: the processor once per shard.
+# Log lines that mark a consumer as ready: the processor writes one per shard, the peer one in all.
 OURS_READY_TEXT: Final = "started reading shard"
 PEER_READY_TEXT: Final = "peer consumer ready"
 

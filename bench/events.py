@@ -7,8 +7,8 @@ around the threshold (``100``, ``100.00``, ``1e2``, ``100.0000000001``). Whether
 event is an anomaly is decided here from the amount's decimal text, independently of
 the processor's rules, so the benchmarks can check what each consumer forwarded.
 
-The partition key of an event is its card id, so a consumer that sees only the
-payload (the peer) can forward with the same key as one that sees the record.
+The partition key of an event is its card id, so a consumer that receives only the
+payload (the peer) can forward with the same key as one that receives the record.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ READ_LIMIT: Final = 10_000
 
 @dataclass(frozen=True)
 class SendResult:
-    """How much load was written and how fast."""
+    """Number of events written and the seconds it took."""
 
     events: int
     seconds: float
@@ -138,7 +138,7 @@ class StreamCounter:
 
 @dataclass
 class Delivery:
-    """What arrived in the anomaly stream, compared with what should have."""
+    """Comparison of the anomaly stream with the expected anomalies, and their latencies."""
 
     expected: int = 0
     received: int = 0

@@ -9,12 +9,12 @@ as its original bytes. async-kinesis hands a consumer only the record's data, so
 partition key of a forwarded record is read from the event (``card_id``, the key the
 benchmark writes with).
 
-async-kinesis 3.0.1 settings chosen to match the processor's budget, each a documented
-constructor argument: ``shard_fetch_rate=5`` (the Kinesis limit of 5 GetRecords calls
-per second per shard; the library's default is 1), ``record_limit=10000`` (as the
-processor), ``sleep_time_no_records`` equal to the processor's 200 ms poll interval
-(default 2 s), and a producer ``buffer_time`` of 50 ms (default 500 ms) so forwarding
-does not wait half a second. Checkpoints go to DynamoDB by default, as the processor's do.
+The async-kinesis 3.0.1 settings match the processor's budget, and each is a documented
+constructor argument. ``shard_fetch_rate=5`` is the Kinesis limit of 5 GetRecords calls
+per second per shard (the library's default is 1). ``record_limit=10000`` is the
+processor's limit. ``sleep_time_no_records`` is the processor's 200 ms poll interval
+(default 2 s). A producer ``buffer_time`` of 50 ms (default 500 ms) keeps forwarding from
+waiting half a second. Checkpoints go to DynamoDB by default, as the processor's do.
 
 Usage: python peer_consumer.py --input STREAM --output STREAM --table TABLE
 Endpoints and region come from AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL and AWS_REGION.

@@ -29,7 +29,7 @@ def peer_python(venv: Path = PEER_VENV) -> Path:
 
 
 def ensure_peer_environment(venv: Path = PEER_VENV) -> Path:
-    """Make the peer's virtual environment unless it holds the pinned requirement; return its python."""
+    """Make the peer's virtual environment unless it contains the pinned requirement; return its python."""
     marker = venv / MARKER_NAME
     python = peer_python(venv)
     if python.exists() and marker.exists() and marker.read_text().strip() == PEER_REQUIREMENT:

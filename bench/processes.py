@@ -1,4 +1,4 @@
-"""Processes the benchmarks start, and what ``/proc`` says about them.
+"""Processes the benchmarks start, and their CPU time and memory as ``/proc`` reports them.
 
 CPU time is ``utime + stime`` of ``/proc/PID/stat``, summed over all threads of the
 process. Peak RSS is ``VmHWM`` of ``/proc/PID/status``: the kernel's high-water mark of

@@ -128,7 +128,9 @@ def _verdict(targets: list[dict[str, Any]], figure: str) -> tuple[str, str]:
     for target in targets:
         if target["figure"] == figure:
             met = target["met"]
-            return target["target"], "-" if met is None else ("yes" if met else "**no**")
+            if met is None:
+                return target["target"], "-"
+            return target["target"], "yes" if met else "**no**"
     return "", ""
 
 

@@ -213,6 +213,8 @@ class Run:
         events = generate_events(settings.backlog_events, settings.anomaly_fraction, BACKLOG_SEED)
         kinesis = boto3.client("kinesis")
         section: dict[str, Any] = {"ours": None, "peer": None}
+
+        # The processor's pipeline owns the input stream; every drain, the peer's too, reads it.
         ours_streams = consumers[0].prepare("drain", settings.shards)
         with tqdm(
             total=len(events),
@@ -224,6 +226,7 @@ class Run:
         ) as bar:
             written = write_backlog(kinesis, ours_streams.input, events, bar.update)
         section["backlog_write"] = {"events": written.events, "seconds": written.seconds, "rate_per_s": written.rate}
+
         runs: list[dict[str, Any]] = []
         for repeat in range(settings.drain_repeats):
             # Alternate the order (ours, peer, peer, ours, ...) so a drift in the machine's load hits both.
@@ -240,6 +243,7 @@ class Run:
                 best = section[consumer.name]
                 if best is None or (run["records_per_s"] or 0) > (best["records_per_s"] or 0):
                     section[consumer.name] = run
+
         section["runs"] = runs
         delete_streams(kinesis, ours_streams.input)
         section["ours_over_peer"] = report.ours_over_peer("backlog_drain", section["ours"], section["peer"])

@@ -2,7 +2,7 @@
 
 Steady state: the consumer starts on empty streams and, once it reads every shard,
 events are written at a fixed rate for a fixed time. Its CPU time is counted from the
-first event until the anomaly stream holds every expected anomaly, and divided by the
+first event until the anomaly stream contains every expected anomaly, and divided by the
 events written. Latency is measured per anomaly from the endpoint's arrival stamps.
 
 Backlog drain: every event is in the input stream before the consumer starts. The
@@ -170,7 +170,7 @@ def run_backlog_drain(
     show_progress: bool,
     repeat: int = 1,
 ) -> dict[str, Any]:
-    """Start one consumer on a stream that already holds ``events``; return its drain figures."""
+    """Start one consumer on a stream that already contains ``events``; return its drain figures."""
     kinesis = boto3.client("kinesis")
     expected = sum(1 for e in events if e.anomalous)
     counter = StreamCounter(kinesis, streams.output)

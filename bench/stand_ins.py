@@ -96,7 +96,9 @@ def running_moto_server(log_path: Path) -> Iterator[tuple[str, int]]:
                 if process.poll() is not None:
                     raise StandInError(f"moto_server exited with status {process.returncode}; see {log_path}")
                 if time.monotonic() > deadline:
-                    raise StandInError(f"moto_server did not answer at {url} within {MOTO_START_TIMEOUT_SECONDS} s")
+                    raise StandInError(
+                        f"moto_server at {url} did not respond within {MOTO_START_TIMEOUT_SECONDS} s; see {log_path}"
+                    )
                 time.sleep(0.1)
             yield url, process.pid
         finally:
