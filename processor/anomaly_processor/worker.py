@@ -420,8 +420,10 @@ class Worker:
                 if progress.ended:
                     self._next_discovery = float("-inf")  # create the children's leases now
             else:
-                # The consumer returned without an end, a handoff or a stop: read on from its checkpoint.
-                self._restart_at[shard_id] = self._clock()
+                # Without an end, a handoff or a stop, the consumer returns only when a checkpoint write found
+                # another owner or checkpoint. If the table still names this worker, the next pass takes the
+                # lease again and reads on from the stored checkpoint.
+                self._lose(held, "a checkpoint write found another owner or checkpoint")
 
     def _restart_failed_consumers(self) -> None:
         now = self._clock()
