@@ -348,6 +348,8 @@ class Worker:
         checkpoint = held.checkpoint
         # A child's records follow its parents', so it is read from its start whatever the configured position.
         known_parent = any(parent in self._leases for parent in held.parent_ids)
+        # NOTE: with LATEST, a shard without a checkpoint starts at LATEST again after a takeover. Records that
+        # arrived after the previous holder's first iterator are skipped if it died before its first checkpoint.
         position = "TRIM_HORIZON" if known_parent else config.starting_position
         reader = ShardReader(
             self._kinesis,
