@@ -329,6 +329,17 @@ def test_delete_retain_keeps_streams(aws: Aws, body: dict[str, Any], settings: O
     assert aws.client("dynamodb").list_tables()["TableNames"] == ["anomaly-checkpoints-default-payments"]
 
 
+def test_delete_without_helm_uses_recorded_objects(aws: Aws, body: dict[str, Any], settings: OperatorSettings) -> None:
+    kube = MemoryKube()
+    status = reconcile_all(aws, kube, body, settings)
+    no_helm = OperatorSettings(oidc_issuer=ISSUER, account_id=ACCOUNT, helm="/nonexistent/helm")
+
+    changes = reconcile.delete_step(aws, kube, reconcile.parse(body, no_helm), no_helm, body, status)
+
+    assert kube.objects == {}
+    assert "deleted role anomaly-default-payments-processor" in changes
+
+
 def test_delete_policy_delete_after_hand_removal(aws: Aws, body: dict[str, Any], settings: OperatorSettings) -> None:
     doomed = with_spec(body, None, "deletionPolicy", "Delete")
     kube = MemoryKube()

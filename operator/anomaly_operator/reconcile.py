@@ -22,6 +22,7 @@ from anomaly_pipeline.spec import Pipeline, SpecError, parse_pipeline
 
 from anomaly_operator import processor
 from anomaly_operator.conditions import IAM_READY, PROCESSOR_READY, STREAMS_READY, Condition
+from anomaly_operator.errors import RenderError
 from anomaly_operator.kube import ObjectApi
 from anomaly_operator.settings import OperatorSettings
 
@@ -233,10 +234,14 @@ def delete_step(
     """Delete the processor objects and both roles, and the streams and table under ``deletionPolicy: Delete``.
 
     The objects to delete are those recorded in status plus those the chart renders now, so
-    an object applied before its status was written is deleted too.
+    an object applied before its status was written is deleted too. When the chart cannot be
+    rendered, the recorded objects are deleted alone rather than blocking the deletion.
     """
     recorded = list((status.get("processor") or {}).get("objects") or [])
-    rendered = [processor.object_ref(o) for o in desired_processor_objects(pipeline, settings, owner, "", 1)]
+    try:
+        rendered = [processor.object_ref(o) for o in desired_processor_objects(pipeline, settings, owner, "", 1)]
+    except RenderError:
+        rendered = []
     refs = recorded + [ref for ref in rendered if ref not in recorded]
     changes = processor.delete(kube, pipeline.namespace, refs)
     changes += provisioning.deprovision(aws, pipeline)
