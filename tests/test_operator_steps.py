@@ -547,25 +547,9 @@ def test_settings_restrict_pipeline(body: dict[str, Any]) -> None:
 
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-# NOTE: examples/pipeline-full.yaml names the dead-letter prefix dead-letter-, which neither the
-# operator's default allowed prefixes nor infra/operator-policy.json grant, so the operator
-# rejects it. Remove this mark when the example uses an allowed prefix such as anomaly-dead-letter-.
-OUTSIDE_DEFAULT_PREFIXES = {"pipeline-full.yaml"}
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(
-            path,
-            id=path.name,
-            marks=[pytest.mark.xfail(strict=True, raises=SpecError, reason="dead-letter- is not an allowed prefix")]
-            if path.name in OUTSIDE_DEFAULT_PREFIXES
-            else [],
-        )
-        for path in EXAMPLES
-    ],
-)
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_example_passes_default_settings(path: Path) -> None:
     settings = OperatorSettings(oidc_issuer=ISSUER, account_id=ACCOUNT)
     for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
@@ -579,7 +563,6 @@ def test_full_example_configmap_has_shadow(aws: Aws, settings: OperatorSettings)
         oidc_issuer=ISSUER,
         account_id=ACCOUNT,
         helm=settings.helm,
-        allowed_prefixes=(*settings.allowed_prefixes, "dead-letter-"),
     )
     document = yaml.safe_load((ROOT / "examples" / "pipeline-full.yaml").read_text(encoding="utf-8"))
     document["metadata"].update({"uid": "5b0a8f3e-8a3c-4a5e-8a43-0c1e2b7b9f11", "generation": 1})
@@ -588,7 +571,7 @@ def test_full_example_configmap_has_shadow(aws: Aws, settings: OperatorSettings)
     status = reconcile_all(aws, kube, document, allowed)
 
     settings_document = yaml.safe_load(kube.find("ConfigMap")[0]["data"]["processor.yaml"])
-    assert settings_document["deadLetterStream"] == "dead-letter-default-payments-full"
+    assert settings_document["deadLetterStream"] == "anomaly-dead-letter-default-payments-full"
     assert settings_document["detectors"]["shadow"]["name"] == "stricter-rules"
     assert settings_document["rules"]["conditions"][1]["value"] == "12.500000000000000001"
-    assert status["deadLetter"]["name"] == "dead-letter-default-payments-full"
+    assert status["deadLetter"]["name"] == "anomaly-dead-letter-default-payments-full"

@@ -299,10 +299,10 @@ def test_record_near_1_mib_dead_lettered_cut(aws: Aws, pipeline: Pipeline) -> No
 
 def test_example_pipeline_full_uses_all_three() -> None:
     full = load_pipeline_file(str(Path(__file__).resolve().parents[2] / "examples" / "pipeline-full.yaml"))
-    assert full.dead_letter == spec.StreamSpec("dead-letter-default-payments-full", 1)
+    assert full.dead_letter == spec.StreamSpec("anomaly-dead-letter-default-payments-full", 1)
     assert full.shadow_detector is not None
     assert full.shadow_detector.name == "stricter-rules"
     assert any("." in condition.field for condition in full.rules.conditions)
     settings = processor_config(full).as_document()
-    assert settings["deadLetterStream"] == "dead-letter-default-payments-full"
+    assert settings["deadLetterStream"] == "anomaly-dead-letter-default-payments-full"
     assert settings["detectors"]["shadow"]["name"] == "stricter-rules"
