@@ -220,6 +220,8 @@ class Worker:
             if renewed:
                 lease.counter += 1
                 lease.renewed_at = sent
+                if self._failures.pop("renew", 0):
+                    log.info("lease renewal succeeded again", extra={**self._context, "shard": lease.shard_id})
             else:
                 self._lose(lease, "renewal found another owner or counter")
 

@@ -334,7 +334,9 @@ def test_chaos_loses_no_anomaly(
     print(f"  latency ms, whole run: {latency_summary(latencies)}")
     print(f"  latency ms, shards not waiting for the killed worker's leases: {latency_summary(unaffected)}")
 
-    assert len(inputs) == EVENTS, "every event is in the input stream once"
+    input_ids = [json.loads(r["Data"])["event_id"] for r in inputs]
+    repeated = sorted({e for e in input_ids if input_ids.count(e) > 1}) if len(input_ids) != EVENTS else []
+    assert len(inputs) == EVENTS, f"{len(inputs)} input records for {EVENTS} events; repeated: {repeated[:5]}"
     assert not missing, f"{len(missing)} anomalies missing, such as {sorted(missing)[:5]}"
     assert not unexpected, f"non-anomalies forwarded: {sorted(unexpected)[:5]}"
 
@@ -342,10 +344,15 @@ def test_chaos_loses_no_anomaly(
     # it lies after the shard's checkpoint at the kill, in a shard that worker held.
     for event_id in duplicated:
         shard, sequence = position[event_id]
-        assert shard in killed_shards, f"duplicate {event_id} in shard {shard}, which {killed} did not hold"
+        assert shard in killed_shards, (
+            f"duplicate {event_id} in shard {shard} at {sequence}, which {killed} did not hold; "
+            f"it held {sorted(killed_shards)}; logs in {tmp_path}"
+        )
         checkpoint = checkpoints_at_kill[shard]
         if checkpoint is not None:
-            assert sequence > int(checkpoint.sequence_number), f"duplicate {event_id} was checkpointed before"
+            assert sequence > int(checkpoint.sequence_number), (
+                f"duplicate {event_id} at {sequence} was checkpointed ({checkpoint}) before the kill; logs in {tmp_path}"
+            )
     # At most one batch per shard was in flight: per shard, the duplicates are the first anomalies after it.
     for shard in killed_shards:
         checkpoint = checkpoints_at_kill[shard]
@@ -357,7 +364,10 @@ def test_chaos_loses_no_anomaly(
             and (checkpoint is None or sequence > int(checkpoint.sequence_number))
         )
         flags = [event_id in duplicated for _, event_id in after]
-        assert flags == sorted(flags, reverse=True), f"duplicates in shard {shard} are not one batch in flight"
+        assert flags == sorted(flags, reverse=True), (
+            f"duplicates in shard {shard} are not the first anomalies after {checkpoint}: "
+            f"{[(event_id, event_id in duplicated) for _, event_id in after[:20]]}; logs in {tmp_path}"
+        )
 
     assert after_kill is not None, f"{killed}'s shards were taken over after its leases expired"
     assert after_sigterm is not None, f"{stopped}'s shards were taken over after it stopped"
