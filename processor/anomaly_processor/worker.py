@@ -1,10 +1,11 @@
 """The worker: holds shard leases and runs one consumer thread per leased shard.
 
 Several workers, in one process or many, share a stream through the leases in the
-checkpoint table (leases.py). The worker's own thread runs the lease loop: every
-``scan_interval`` it renews its leases, reads the table, takes free and expired leases
-up to its fair share, requests a handoff from the busiest worker when it has too few, and
-releases a lease once its consumer stops after a handoff or the shard's end. Every
+checkpoint table (leases.py). The worker's own thread runs the lease loop every
+``scan_interval``. Each pass renews the held leases and reads the table. It then takes
+free and expired leases up to the fair share, or requests a handoff from the busiest
+worker when none is free and this worker has too few. A lease is released, or handed
+over, once its consumer has stopped after the shard's end or a handoff. Every
 ``discovery_interval``, and at once after a shard ends, it lists the stream's shards and
 creates leases for new ones, so shards made by a split, a merge or UpdateShardCount are
 found without a restart. A child shard is leased only after each of its parents has
@@ -107,6 +108,7 @@ class Worker:
                 discovery_interval=discovery_interval,
             )
         self.lease_settings = settings
+
         self._kinesis = kinesis
         self._table = LeaseTable(dynamodb, config.checkpoint_table)
         self._checkpoints = CheckpointStore(dynamodb, config.checkpoint_table, owner=config.worker_id)
@@ -116,6 +118,7 @@ class Worker:
             built = build_detectors(config)
             detectors = FixedDetectors(built.active, built.shadow)
         self._detectors = detectors
+
         self._clock = clock
         self._expiry = ExpiryClock(settings.duration, clock)
         self._stop = threading.Event()
@@ -126,6 +129,7 @@ class Worker:
         self._next_discovery = float("-inf")
         self._failures: dict[str, int] = {}
         self._context = {"stream": config.input_stream}
+
         self.finished: dict[str, ShardProgress] = {}
         self.ready = threading.Event()
         # Monotonic time at which the lease loop last completed a pass; the liveness probe reads it.
@@ -362,6 +366,7 @@ class Worker:
             config.poll_interval_millis / 1000,
             include_start_record=True,
         )
+
         consumer = ShardConsumer(
             shard_id=held.shard_id,
             stream=config.input_stream,
@@ -376,6 +381,7 @@ class Worker:
             keep_going=held.keep_reading,
             lease_usable=lambda: held.wait_usable(self._stop),
         )
+
         running = _Running(consumer)
         running.thread = threading.Thread(target=self._run_consumer, args=(running,), name=f"shard-{held.shard_id}")
         self._running[held.shard_id] = running
