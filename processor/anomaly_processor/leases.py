@@ -7,6 +7,9 @@ both its lease and its checkpoint (checkpoint.py writes the checkpoint attribute
 - ``leaseCounter``: incremented by every take, renewal and release.
 - ``parentShardIds``: the shard's parents, so that a child is read only after they end.
 - ``leaseRequestedBy``: a worker with fewer leases that requests this one from the owner.
+- ``startingTimestamp``: with the LATEST starting position, when the shard's first holder
+  started reading it (seconds since the epoch). A later holder that finds no checkpoint
+  starts there instead of at a later LATEST, so nothing written in between is skipped.
 
 Every change is a write conditional on the owner and counter the writer last read, so
 two workers never both hold one lease. A worker judges another worker's lease expired
@@ -40,10 +43,11 @@ OWNER: Final = "leaseOwner"
 COUNTER: Final = "leaseCounter"
 PARENTS: Final = "parentShardIds"
 REQUESTED_BY: Final = "leaseRequestedBy"
+STARTING_TIMESTAMP: Final = "startingTimestamp"
 
 ENV_LEASE_DURATION: Final = "ANOMALY_PROCESSOR_LEASE_DURATION_SECONDS"
 
-_NAMES: Final = {"#owner": OWNER, "#counter": COUNTER, "#requested": REQUESTED_BY}
+_NAMES: Final = {"#owner": OWNER, "#counter": COUNTER, "#requested": REQUESTED_BY, "#start": STARTING_TIMESTAMP}
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Lease:
     checkpoint: Checkpoint | None
     parent_ids: tuple[str, ...] = ()
     requested_by: str | None = None
+    starting_timestamp: float | None = None
 
     @property
     def ended(self) -> bool:
@@ -118,6 +123,7 @@ def lease_of(item: Mapping[str, Any]) -> Lease:
     owner = item.get(OWNER, {}).get("S")
     requested = item.get(REQUESTED_BY, {}).get("S")
     parents = tuple(value["S"] for value in item.get(PARENTS, {}).get("L", []))
+    start = item.get(STARTING_TIMESTAMP, {}).get("N")
     return Lease(
         shard_id=item[KEY]["S"],
         owner=owner,
@@ -125,6 +131,7 @@ def lease_of(item: Mapping[str, Any]) -> Lease:
         checkpoint=checkpoint_of(dict(item)),
         parent_ids=parents,
         requested_by=requested,
+        starting_timestamp=float(start) if start is not None else None,
     )
 
 
@@ -215,6 +222,16 @@ class LeaseTable:
         condition = "#owner = :me AND #counter = :seen"
         update = "SET #owner = :new, #counter = #counter + :one REMOVE #requested"
         return self._update(shard_id, update, condition, values) is not None
+
+    def fix_starting_timestamp(self, shard_id: str, owner: str, timestamp: float) -> float | None:
+        """Store ``timestamp`` as the shard's starting timestamp unless one is stored; return the stored one.
+
+        Returns None when ``owner`` no longer holds the lease.
+        """
+        values = {":me": {"S": owner}, ":start": {"N": f"{timestamp:.3f}"}}
+        update = "SET #start = if_not_exists(#start, :start)"
+        response = self._update(shard_id, update, "#owner = :me", values, return_item=True)
+        return lease_of(response["Attributes"]).starting_timestamp if response is not None else None
 
     def request_handoff(self, shard_id: str, owner: str, requester: str) -> bool:
         """Ask ``owner`` to release the lease, unless another worker asked first."""
@@ -307,6 +324,7 @@ class HeldLease:
     clock: Callable[[], float] = time.monotonic
     checkpoint: Checkpoint | None = None
     parent_ids: tuple[str, ...] = ()
+    starting_timestamp: float | None = None
     # The worker this lease goes to once the consumer has finished its batch and checkpointed.
     handoff_to: str | None = None
     lost: threading.Event = field(default_factory=threading.Event)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -50,6 +51,7 @@ class ShardReader:
         clock: Callable[[], float] = time.monotonic,
         *,
         include_start_record: bool = False,
+        starting_timestamp: float | None = None,
     ) -> None:
         self._kinesis = kinesis
         self._stream = stream
@@ -60,6 +62,8 @@ class ShardReader:
         # checkpoint may fall inside a KPL aggregate, and the consumer skips what was done.
         self._include_position = include_start_record and after_sequence_number is not None
         self._starting_position = starting_position
+        # Seconds since the epoch, for the AT_TIMESTAMP starting position.
+        self._starting_timestamp = starting_timestamp
         self._poll_interval = poll_interval
         self._sleep = sleep
         self._clock = clock
@@ -75,6 +79,10 @@ class ShardReader:
             kwargs.update(ShardIteratorType=kind, StartingSequenceNumber=self.position)
         else:
             kwargs["ShardIteratorType"] = self._starting_position
+            if self._starting_position == "AT_TIMESTAMP":
+                if self._starting_timestamp is None:
+                    raise ValueError(f"shard {self.shard_id}: AT_TIMESTAMP needs a starting timestamp")
+                kwargs["Timestamp"] = datetime.fromtimestamp(self._starting_timestamp, UTC)
         return str(self._kinesis.get_shard_iterator(**kwargs)["ShardIterator"])
 
     def confirm(self, sequence_number: str) -> None:

@@ -300,6 +300,7 @@ class Worker:
             clock=self._clock,
             checkpoint=taken.checkpoint,
             parent_ids=taken.parent_ids,
+            starting_timestamp=taken.starting_timestamp,
         )
         self._held[taken.shard_id] = held
         self._leases[taken.shard_id] = taken
@@ -354,9 +355,16 @@ class Worker:
         checkpoint = held.checkpoint
         # A child's records follow its parents', so it is read from its start whatever the configured position.
         known_parent = any(parent in self._leases for parent in held.parent_ids)
-        # NOTE: with LATEST, a shard without a checkpoint starts at LATEST again after a takeover. Records that
-        # arrived after the previous holder's first iterator are skipped if it died before its first checkpoint.
         position = "TRIM_HORIZON" if known_parent else config.starting_position
+        timestamp = None
+        if checkpoint is None and position == "LATEST":
+            # LATEST means "from when the shard was first leased", so that a holder that dies before its
+            # first checkpoint does not make its successor skip what was written in between.
+            timestamp = self._starting_timestamp(held)
+            if timestamp is None:
+                self._restart_at[held.shard_id] = self._clock() + RESTART_DELAY_SECONDS
+                return
+            position = "AT_TIMESTAMP"
         reader = ShardReader(
             self._kinesis,
             config.input_stream,
@@ -365,6 +373,7 @@ class Worker:
             position,
             config.poll_interval_millis / 1000,
             include_start_record=True,
+            starting_timestamp=timestamp,
         )
 
         consumer = ShardConsumer(
@@ -386,6 +395,21 @@ class Worker:
         running.thread = threading.Thread(target=self._run_consumer, args=(running,), name=f"shard-{held.shard_id}")
         self._running[held.shard_id] = running
         running.thread.start()
+
+    def _starting_timestamp(self, held: HeldLease) -> float | None:
+        """Return the shard's stored starting timestamp, storing the current time if it has none."""
+        if held.starting_timestamp is not None:
+            return held.starting_timestamp
+        try:
+            stored = self._table.fix_starting_timestamp(held.shard_id, self.worker_id, time.time())
+        except (ClientError, BotoCoreError) as error:
+            log.warning(
+                "storing the shard's starting timestamp failed; retrying",
+                extra={**self._context, "shard": held.shard_id, "error": str(error)},
+            )
+            return None
+        held.starting_timestamp = stored
+        return stored
 
     def _dead_letter_forwarder(self, shard_id: str) -> Forwarder | None:
         """Return a writer to the dead-letter stream, counted apart from anomalies, or None without one."""

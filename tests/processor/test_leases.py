@@ -313,3 +313,60 @@ def test_checkpoint_never_moves_backwards(aws: Aws, example_pipeline: Pipeline) 
     with pytest.raises(CheckpointConflictError, match="w2 no longer holds"):
         other.write("shardId-000000000000", Checkpoint("300"), late)
     assert leases(aws, pipeline)["shardId-000000000000"].checkpoint == late
+
+
+def latest_pipeline(aws: Aws, example: Pipeline) -> Pipeline:
+    pipeline = dataclasses.replace(
+        example, input=dataclasses.replace(example.input, shard_count=1, starting_position="LATEST")
+    )
+    provision(aws, pipeline)
+    return pipeline
+
+
+@pytest.mark.e2e
+def test_latest_start_stored_at_first_lease(aws: Aws, example_pipeline: Pipeline) -> None:
+    pipeline = latest_pipeline(aws, example_pipeline)
+    kinesis = aws.client("kinesis")
+    old, new = events("old", 9), events("new", 9)
+    put_events(kinesis, pipeline.input.name, old)
+    before = time.time()
+
+    with running_workers(aws, pipeline, "w1") as (w1,):
+        wait_for(lambda: len(w1.worker.held_shards()) == 1, 10, "the lease")
+        wait_for(lambda: next(iter(leases(aws, pipeline).values())).starting_timestamp, 5, "a starting timestamp")
+        put_events(kinesis, pipeline.input.name, new)
+        wait_for(lambda: len(forwarded_ids(kinesis, pipeline.output.name)) >= 3, 10, "the new anomalies")
+        time.sleep(1.0)
+
+    (stored,) = leases(aws, pipeline).values()
+    assert stored.starting_timestamp is not None
+    assert before - 1 <= stored.starting_timestamp <= time.time()
+    assert sorted(forwarded_ids(kinesis, pipeline.output.name)) == sorted(anomaly_ids(new)), "LATEST skips old events"
+
+
+@pytest.mark.e2e
+def test_latest_start_survives_takeover(aws: Aws, example_pipeline: Pipeline) -> None:
+    pipeline = latest_pipeline(aws, example_pipeline)
+    kinesis = aws.client("kinesis")
+    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
+    shard = kinesis.list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
+    old, pending = events("old", 9), events("pending", 9)
+    put_events(kinesis, pipeline.input.name, old)
+    time.sleep(0.1)
+
+    # A worker started reading at LATEST, then was killed before its first checkpoint.
+    assert table.create(shard, ())
+    dead = table.take(leases(aws, pipeline)[shard], "killed-worker")
+    assert dead is not None
+    started = table.fix_starting_timestamp(shard, "killed-worker", time.time())
+    assert started is not None
+    time.sleep(0.1)
+    put_events(kinesis, pipeline.input.name, pending)
+
+    with running_workers(aws, pipeline, "w1") as (w1,):
+        wait_for(lambda: w1.worker.held_shards() == [shard], FAST_LEASES.duration * 3, "the takeover")
+        wait_for(lambda: len(forwarded_ids(kinesis, pipeline.output.name)) >= 3, 10, "the pending anomalies")
+        time.sleep(1.0)
+
+    assert leases(aws, pipeline)[shard].starting_timestamp == started, "the first holder's start is kept"
+    assert sorted(forwarded_ids(kinesis, pipeline.output.name)) == sorted(anomaly_ids(pending))
