@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from bench import report
 from bench.consumers import Consumer, Ours, Peer, delete_streams
-from bench.events import generate_events, iter_events
+from bench.events import Event, generate_events, iter_events
 from bench.filter_path import run_filter_path
 from bench.load import write_backlog
 from bench.peer_env import PEER_REQUIREMENT, PeerEnvironmentError, ensure_peer_environment
 from bench.probe import EndpointProbe
-from bench.scenarios import core_count, run_backlog_drain, run_steady_state
+from bench.scenarios import core_count, progress_bar, run_backlog_drain, run_steady_state
 from bench.stand_ins import StandIns, running_stand_ins
 
 RESULTS_DIRECTORY: Final = Path(__file__).resolve().parent / "results"
@@ -38,6 +38,8 @@ FILTER_SEED: Final = 11
 STEADY_SEED: Final = 12
 BACKLOG_SEED: Final = 13
 RUN_ERRORS: Final = (RuntimeError, ClientError, BotoCoreError, OSError)
+# Events generated between two updates of the progress bar.
+PROGRESS_STEP: Final = 10_000
 
 
 @dataclass(frozen=True)
@@ -164,24 +166,14 @@ class Run:
     def _filter_path(self) -> dict[str, Any]:
         settings = self.settings
         self._say(f"filter path: {settings.filter_events:,} events, {settings.filter_rounds} rounds of each loop")
-        events = list(
-            tqdm(
-                iter_events(settings.filter_events, settings.anomaly_fraction, FILTER_SEED),
-                total=settings.filter_events,
-                desc="filter path: generating events",
-                unit="ev",
-                disable=not settings.progress,
-                leave=False,
-                dynamic_ncols=True,
-            )
-        )
-        with tqdm(
-            total=2 * settings.filter_rounds,
-            desc="filter path: timing rounds",
-            disable=not settings.progress,
-            leave=False,
-            dynamic_ncols=True,
-        ) as bar:
+        events: list[Event] = []
+        with progress_bar(settings.filter_events, "filter path: generating events", settings.progress) as bar:
+            for event in iter_events(settings.filter_events, settings.anomaly_fraction, FILTER_SEED):
+                events.append(event)
+                if len(events) % PROGRESS_STEP == 0:
+                    bar.update(PROGRESS_STEP)
+            bar.update(len(events) % PROGRESS_STEP)
+        with progress_bar(2 * settings.filter_rounds, "filter path: timing rounds", settings.progress, "round") as bar:
             result = run_filter_path(events, settings.filter_batch_size, settings.filter_rounds, bar.update)
         return result.as_dict()
 
@@ -216,14 +208,7 @@ class Run:
 
         # The processor's pipeline owns the input stream; every drain, the peer's too, reads it.
         ours_streams = consumers[0].prepare("drain", settings.shards)
-        with tqdm(
-            total=len(events),
-            desc="backlog drain: writing the backlog",
-            unit="ev",
-            disable=not settings.progress,
-            leave=False,
-            dynamic_ncols=True,
-        ) as bar:
+        with progress_bar(len(events), "backlog drain: writing the backlog", settings.progress) as bar:
             written = write_backlog(kinesis, ours_streams.input, events, bar.update)
         section["backlog_write"] = {"events": written.events, "seconds": written.seconds, "rate_per_s": written.rate}
 

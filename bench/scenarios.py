@@ -16,6 +16,7 @@ because on a small machine they share the cores with the consumer under test.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,8 +101,18 @@ def cores_used(before: Snapshot, after: Snapshot) -> dict[str, float | None]:
     return used
 
 
-def _bar(total: int, description: str, show: bool) -> tqdm[Any]:
-    return tqdm(total=total, desc=description, unit="ev", disable=not show, leave=False, dynamic_ncols=True)
+def progress_bar(total: int, description: str, show: bool, unit: str = "ev") -> tqdm[Any]:
+    """Return a progress bar on stderr that redraws every 0.1 s on a terminal, every 10 s into a file."""
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    return tqdm(
+        total=total,
+        desc=description,
+        unit=unit,
+        disable=not show,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=interval,
+    )
 
 
 def run_steady_state(
@@ -124,9 +135,9 @@ def run_steady_state(
         counter = StreamCounter(kinesis, streams.output)
         probe.reset()
         before = Snapshot.take(process, stand_ins)
-        with _bar(len(events), f"steady state, {consumer.name}: events written", show_progress) as bar:
+        with progress_bar(len(events), f"steady state, {consumer.name}: events written", show_progress) as bar:
             sent = send_at_rate(kinesis, streams.input, events, target_rate, bar.update)
-        with _bar(expected, f"steady state, {consumer.name}: anomalies arrived", show_progress) as bar:
+        with progress_bar(expected, f"steady state, {consumer.name}: anomalies arrived", show_progress) as bar:
             complete = counter.wait_for(expected, STEADY_COMPLETION_TIMEOUT_SECONDS, bar.update)
         after = Snapshot.take(process, stand_ins)
         stand_in_response = probe.figures()
@@ -181,7 +192,9 @@ def run_backlog_drain(
     try:
         text, count = consumer.ready_lines(shards)
         startup = process.wait_for_log(text, count, READY_TIMEOUT_SECONDS)
-        with _bar(expected, f"backlog drain, {consumer.name}, run {repeat}: anomalies arrived", show_progress) as bar:
+        with progress_bar(
+            expected, f"backlog drain, {consumer.name}, run {repeat}: anomalies arrived", show_progress
+        ) as bar:
             complete = counter.wait_for(expected, timeout, bar.update)
         after = Snapshot.take(process, stand_ins)
         stand_in_response = probe.figures()
