@@ -15,6 +15,9 @@ from typing import Any, Final
 TARGET_FILTER_SHARE: Final = 0.50
 TARGET_P99_MS: Final = 300.0
 TARGET_MAX_MS: Final = 1000.0
+# The latency targets hold at 4 shards x 1,000 events/s; a run written at less is not judged.
+TARGET_LATENCY_RATE: Final = 4000.0
+LATENCY_RATE_SHARE: Final = 0.97
 TARGET_DRAIN_OVER_PEER: Final = 2.0
 TARGET_PEAK_RSS_MB: Final = 80.0
 # Cores taken by other processes during a run from which the summary warns about them.
@@ -62,12 +65,19 @@ def _target(figure: str, value: float | None, target: str, met: Callable[[float]
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Judge our figures against the targets; ``met`` is None where a figure was not measured."""
+    """Judge our figures against the targets.
+
+    ``met`` is None where a figure was not measured, and for the latency targets when
+    the steady state was written at less than 4,000 events/s.
+    """
     steady = results.get("steady_state") or {}
     drain = results.get("backlog_drain") or {}
     filter_path = results.get("filter_path") or {}
     steady_ours = steady.get("ours")
     drain_ours = drain.get("ours")
+    rate = _get(steady_ours, ("offered_rate_per_s",))
+    at_target_load = rate is not None and rate >= LATENCY_RATE_SHARE * TARGET_LATENCY_RATE
+    latency_condition = f" at {TARGET_LATENCY_RATE:,.0f} ev/s"
     return [
         _target(
             "filter path / bare parse",
@@ -77,14 +87,14 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         _target(
             "steady-state latency p99 (ms)",
-            _get(steady_ours, ("latency_ms", "p99")),
-            f"<= {TARGET_P99_MS:.0f}",
+            _get(steady_ours, ("latency_ms", "p99")) if at_target_load else None,
+            f"<= {TARGET_P99_MS:.0f}{latency_condition}",
             lambda v: v <= TARGET_P99_MS,
         ),
         _target(
             "steady-state latency max (ms)",
-            _get(steady_ours, ("latency_ms", "max")),
-            f"<= {TARGET_MAX_MS:.0f}",
+            _get(steady_ours, ("latency_ms", "max")) if at_target_load else None,
+            f"<= {TARGET_MAX_MS:.0f}{latency_condition}",
             lambda v: v <= TARGET_MAX_MS,
         ),
         _target(

@@ -126,27 +126,30 @@ def run_steady_state(
 ) -> dict[str, Any]:
     """Run one consumer through the steady-state load and return its figures."""
     kinesis = boto3.client("kinesis")
-    streams = consumer.prepare("steady", shards)
-    process = consumer.start(streams, "steady")
     expected = sum(1 for e in events if e.anomalous)
+    streams = consumer.prepare("steady", shards)
     try:
-        text, count = consumer.ready_lines(shards)
-        startup = process.wait_for_log(text, count, READY_TIMEOUT_SECONDS)
-        counter = StreamCounter(kinesis, streams.output)
-        probe.reset()
-        before = Snapshot.take(process, stand_ins)
-        with progress_bar(len(events), f"steady state, {consumer.name}: events written", show_progress) as bar:
-            sent = send_at_rate(kinesis, streams.input, events, target_rate, bar.update)
-        with progress_bar(expected, f"steady state, {consumer.name}: anomalies arrived", show_progress) as bar:
-            complete = counter.wait_for(expected, STEADY_COMPLETION_TIMEOUT_SECONDS, bar.update)
-        after = Snapshot.take(process, stand_ins)
-        stand_in_response = probe.figures()
-        peak_rss = process.peak_rss_bytes()
+        process = consumer.start(streams, "steady")
+        try:
+            text, count = consumer.ready_lines(shards)
+            startup = process.wait_for_log(text, count, READY_TIMEOUT_SECONDS)
+            counter = StreamCounter(kinesis, streams.output)
+            probe.reset()
+            before = Snapshot.take(process, stand_ins)
+            with progress_bar(len(events), f"steady state, {consumer.name}: events written", show_progress) as bar:
+                sent = send_at_rate(kinesis, streams.input, events, target_rate, bar.update)
+            with progress_bar(expected, f"steady state, {consumer.name}: anomalies arrived", show_progress) as bar:
+                complete = counter.wait_for(expected, STEADY_COMPLETION_TIMEOUT_SECONDS, bar.update)
+            after = Snapshot.take(process, stand_ins)
+            stand_in_response = probe.figures()
+            peak_rss = process.peak_rss_bytes()
+        finally:
+            exit_status = process.stop()
+        delivery = compare_delivery(events, read_stream(kinesis, streams.output), read_stream(kinesis, streams.input))
     finally:
-        exit_status = process.stop()
+        # Deleted even after a failure, so the next run finds free shards.
+        delete_streams(kinesis, streams.input, streams.output)
 
-    delivery = compare_delivery(events, read_stream(kinesis, streams.output), read_stream(kinesis, streams.input))
-    delete_streams(kinesis, streams.input, streams.output)
     consumer_cpu = after.consumer_cpu - before.consumer_cpu
     return {
         "consumer": consumer.name,
@@ -187,24 +190,26 @@ def run_backlog_drain(
     counter = StreamCounter(kinesis, streams.output)
     timeout = max(MIN_DRAIN_TIMEOUT_SECONDS, len(events) / 1000 * DRAIN_TIMEOUT_SECONDS_PER_1000)
     probe.reset()
-    process = consumer.start(streams, f"drain-{repeat}")
-    before = Snapshot.take(process, stand_ins)
     try:
-        text, count = consumer.ready_lines(shards)
-        startup = process.wait_for_log(text, count, READY_TIMEOUT_SECONDS)
-        with progress_bar(
-            expected, f"backlog drain, {consumer.name}, run {repeat}: anomalies arrived", show_progress
-        ) as bar:
-            complete = counter.wait_for(expected, timeout, bar.update)
-        after = Snapshot.take(process, stand_ins)
-        stand_in_response = probe.figures()
-        total_cpu = process.cpu_seconds()
-        peak_rss = process.peak_rss_bytes()
+        process = consumer.start(streams, f"drain-{repeat}")
+        try:
+            before = Snapshot.take(process, stand_ins)
+            text, count = consumer.ready_lines(shards)
+            startup = process.wait_for_log(text, count, READY_TIMEOUT_SECONDS)
+            with progress_bar(
+                expected, f"backlog drain, {consumer.name}, run {repeat}: anomalies arrived", show_progress
+            ) as bar:
+                complete = counter.wait_for(expected, timeout, bar.update)
+            after = Snapshot.take(process, stand_ins)
+            stand_in_response = probe.figures()
+            total_cpu = process.cpu_seconds()
+            peak_rss = process.peak_rss_bytes()
+        finally:
+            exit_status = process.stop()
+        delivery = compare_delivery(events, read_stream(kinesis, streams.output), [])
     finally:
-        exit_status = process.stop()
-
-    delivery = compare_delivery(events, read_stream(kinesis, streams.output), [])
-    delete_streams(kinesis, streams.output)
+        # The input stream is shared by every drain; only this run's anomaly stream goes.
+        delete_streams(kinesis, streams.output)
     seconds = delivery.last_arrival - process.started_at if delivery.last_arrival is not None else None
     return {
         "consumer": consumer.name,
