@@ -37,7 +37,7 @@ SCHEMA_VERSION: Final = 1
 FILTER_SEED: Final = 11
 STEADY_SEED: Final = 12
 BACKLOG_SEED: Final = 13
-# What a failed consumer run raises: its own errors, AWS errors, and /proc reads of a process that exited.
+# Exceptions of a failed consumer run: its own errors, AWS errors, and /proc reads of a process that exited.
 RUN_ERRORS: Final = (RuntimeError, ClientError, BotoCoreError, OSError, LookupError)
 # Events generated between two updates of the progress bar.
 PROGRESS_STEP: Final = 10_000
