@@ -120,6 +120,15 @@ class Workers:
                 process.popen.wait(timeout=10)
             process.log_handle.close()
 
+    def lines_with(self, text: str) -> list[str]:
+        """Return the log lines of every worker that contain ``text``, each prefixed with the worker id."""
+        found = []
+        for worker_id, process in self.processes.items():
+            for line in process.log_file.read_text(errors="replace").splitlines():
+                if text in line:
+                    found.append(f"{worker_id}: {line}")
+        return found
+
     def log_tail(self, worker_id: str, lines: int = 20) -> str:
         return "\n".join(self.processes[worker_id].log_file.read_text(errors="replace").splitlines()[-lines:])
 
@@ -340,13 +349,15 @@ def test_chaos_loses_no_anomaly(
     assert not missing, f"{len(missing)} anomalies missing, such as {sorted(missing)[:5]}"
     assert not unexpected, f"non-anomalies forwarded: {sorted(unexpected)[:5]}"
 
+    losses = workers.lines_with("lost lease")
+    print(f"  leases lost by live workers: {len(losses)}")
     # A duplicate is an anomaly that the killed worker forwarded and did not checkpoint:
     # it lies after the shard's checkpoint at the kill, in a shard that worker held.
     for event_id in duplicated:
         shard, sequence = position[event_id]
         assert shard in killed_shards, (
             f"duplicate {event_id} in shard {shard} at {sequence}, which {killed} did not hold; "
-            f"it held {sorted(killed_shards)}; logs in {tmp_path}"
+            f"it held {sorted(killed_shards)}; leases lost: {losses}; logs in {tmp_path}"
         )
         checkpoint = checkpoints_at_kill[shard]
         if checkpoint is not None:
