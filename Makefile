@@ -18,8 +18,8 @@ $(STAMP_DEMO): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[emulator]'
 	touch $@
 
-$(STAMP_TEST): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[emulator,operator,test]'
+$(STAMP_TEST): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[emulator,operator,test,bench]'
 	touch $@
 
 $(STAMP_BENCH): pyproject.toml | $(BIN)/python
