@@ -126,7 +126,7 @@ def test_process_forwards_then_exits_0_on_sigterm(moto_endpoint: str) -> None:
     kinesis.put_record(
         StreamName="ingest-default-payments", Data=b'{"event_id":"x","transaction_amount":250}', PartitionKey="x"
     )
-    env = dict(os.environ, AWS_ENDPOINT_URL=moto_endpoint)
+    env = dict(os.environ, AWS_ENDPOINT_URL=moto_endpoint, ANOMALY_PROCESSOR_METRICS_PORT=str(free_port()))
     process = subprocess.Popen([*CLI, "process", "-f", str(EXAMPLE)], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30

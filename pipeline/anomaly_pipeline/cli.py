@@ -80,8 +80,12 @@ def command_process(args: argparse.Namespace) -> int:
     from anomaly_processor import __main__ as processor_main
     from anomaly_processor import logs
 
+    from anomaly_processor.health import ENV_METRICS_ADDRESS
+
     pipeline = load_pipeline_file(args.file)
     config = processor_config(pipeline)
+    # On a workstation the metrics port is for the user alone; pods set no address and listen on all.
+    os.environ.setdefault(ENV_METRICS_ADDRESS, "127.0.0.1")
     logs.configure(args.log_level, pipeline=config.pipeline, worker=config.worker_id)
     return processor_main.run(config, endpoint_url=args.endpoint_url)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
+from anomaly_processor.__main__ import use_utc_timestamps
 from anomaly_processor.worker import Worker
 from tqdm import tqdm
 
@@ -235,6 +236,7 @@ def run_demo(
 
     processor_credentials = assume_role(admin, provisioned.processor_role_arn, 3600)["Credentials"]
     processor_aws = Aws.with_credentials(pipeline.region, processor_credentials, admin.endpoint_url)
+    use_utc_timestamps(processor_aws.session)
     worker = Worker(
         processor_config(pipeline, "demo"), processor_aws.client("kinesis"), processor_aws.client("dynamodb")
     )

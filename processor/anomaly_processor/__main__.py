@@ -15,11 +15,14 @@ import os
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.parsers import ResponseParserFactory
+from botocore.utils import parse_timestamp
 
 from anomaly_processor import logs
 from anomaly_processor.config import (
@@ -42,6 +45,26 @@ log = logging.getLogger("anomaly_processor")
 CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=10)
 
 
+def parse_timestamp_as_utc(value: Any) -> datetime:
+    """Parse a timestamp from an AWS response into an aware UTC datetime.
+
+    Kinesis sends ApproximateArrivalTimestamp as epoch seconds. botocore's default parser
+    converts each one to local time through dateutil, which took about a quarter of the
+    processor's CPU in a backlog drain; building the UTC datetime directly is the same
+    instant at a fraction of the cost.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=UTC)
+    return parse_timestamp(value)
+
+
+def use_utc_timestamps(session: boto3.session.Session) -> None:
+    """Make clients created from ``session`` from now on parse timestamps as UTC."""
+    factory = ResponseParserFactory()
+    factory.set_parser_defaults(timestamp_parser=parse_timestamp_as_utc)
+    session._session.register_component("response_parser_factory", factory)
+
+
 def make_clients(
     config: ProcessorConfig, session: boto3.session.Session | None = None, endpoint_url: str | None = None
 ) -> tuple[Any, Any]:
@@ -51,6 +74,7 @@ def make_clients(
     variables choose the endpoints, and real AWS when neither is set.
     """
     session = session or boto3.session.Session()
+    use_utc_timestamps(session)
     extra: dict[str, Any] = {"endpoint_url": endpoint_url} if endpoint_url else {}
     kinesis = session.client("kinesis", region_name=config.region, config=CLIENT_CONFIG, **extra)
     dynamodb = session.client("dynamodb", region_name=config.region, config=CLIENT_CONFIG, **extra)

@@ -2,7 +2,8 @@
 
 - ``/metrics``: every metric of metrics.py in the Prometheus text format.
 - ``/healthz`` (liveness): 200 while the worker's lease loop has completed a pass within
-  ``LIVENESS_TIMEOUT_SECONDS``, else 503. A pass finishes even when AWS calls fail, so an
+  ``LIVENESS_TIMEOUT_SECONDS``, else 503. The JSON body also carries the rules file's
+  state (``rules.ok`` is false while a changed file is broken and the old rules stay). A pass finishes even when AWS calls fail, so an
   AWS outage alone does not fail it; a stuck loop does.
 - ``/readyz`` (readiness): 200 once the worker has read the lease table and until it
   begins to stop, else 503.
@@ -14,6 +15,7 @@ and on every interface unless ``ANOMALY_PROCESSOR_METRICS_ADDRESS`` names one.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -23,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from anomaly_processor.reload import rules_health
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +104,18 @@ class HealthServer:
                 if path == "/metrics":
                     self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    self._send_check(server.live(), "lease loop stalled")
+                    self._send_liveness(server.live())
                 elif path == "/readyz":
                     self._send_check(server.ready(), "lease table not read yet, or stopping")
                 else:
                     self._send(404, b"not found: expected /metrics, /healthz or /readyz\n", "text/plain")
+
+            def _send_liveness(self, passed: bool) -> None:
+                # A broken rules file shows in the detail but does not fail liveness: the
+                # processor keeps judging with the rules in force, and a restart would not help.
+                detail = {"status": "ok" if passed else "lease loop stalled", "rules": rules_health()}
+                body = (json.dumps(detail, default=str) + "\n").encode()
+                self._send(200 if passed else 503, body, "application/json")
 
             def _send_check(self, passed: bool, failure: str) -> None:
                 if passed:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ import yaml
 from anomaly_processor.config import from_document
 from anomaly_processor.detector import RuleDetector
 from anomaly_processor.events import EventDecoder
+from anomaly_processor.health import HealthServer
 from anomaly_processor.reload import RulesReloader, rules_health
 from anomaly_processor.rules import RuleSet
 from anomaly_processor.selection import BatchTally, select_anomalies
@@ -258,3 +262,25 @@ def test_interval_zero_turns_polling_off(volume: ConfigMapVolume) -> None:
     reloader = RulesReloader(str(volume.path), config)
     assert reloader.start(threading.Event()) is None
     assert rules_health()["hotReload"] is False
+
+
+def test_health_endpoint_reports_broken_rules_file(volume: ConfigMapVolume, reloader: RulesReloader) -> None:
+    stop = threading.Event()
+    reloader.interval = 0
+    reloader.start(stop)
+    worker = SimpleNamespace(ready=threading.Event(), last_pass_at=time.monotonic(), stopping=False)
+    server = HealthServer(worker, "127.0.0.1", 0).start()
+    try:
+        volume.write("rules: [unclosed")
+        reloader.check()
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as response:
+            status, detail = response.status, json.loads(response.read())
+    finally:
+        server.stop()
+        stop.set()
+
+    assert status == 200, "the old rules keep running, so liveness holds"
+    assert detail["status"] == "ok"
+    assert detail["rules"]["ok"] is False
+    assert "not valid YAML" in detail["rules"]["error"]
