@@ -79,7 +79,6 @@ def command_credentials(args: argparse.Namespace) -> int:
 def command_process(args: argparse.Namespace) -> int:
     from anomaly_processor import __main__ as processor_main
     from anomaly_processor import logs
-
     from anomaly_processor.health import ENV_METRICS_ADDRESS
 
     pipeline = load_pipeline_file(args.file)
