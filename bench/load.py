@@ -79,22 +79,6 @@ def write_backlog(kinesis: Any, stream: str, events: Sequence[Event], progress: 
     return SendResult(len(events), time.monotonic() - started)
 
 
-def read_stream(kinesis: Any, stream: str) -> list[dict[str, Any]]:
-    """Read every record now in ``stream``, shard by shard, from its start."""
-    records: list[dict[str, Any]] = []
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = kinesis.get_records(ShardIterator=iterator, Limit=READ_LIMIT)
-            records.extend(response["Records"])
-            iterator = response.get("NextShardIterator")
-            if not response["Records"] and response.get("MillisBehindLatest", 0) == 0:
-                break
-    return records
-
-
 class StreamCounter:
     """Counts the records that arrive in a stream, reading only what is new at each ``poll``."""
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import boto3
+from anomaly_pipeline.demo import read_whole_stream
 from tqdm import tqdm
 
 from bench.consumers import Consumer, Streams, delete_streams
@@ -32,7 +33,6 @@ from bench.load import (
     compare_delivery,
     latency_curve,
     latency_figures,
-    read_stream,
     send_at_rate,
 )
 from bench.probe import EndpointProbe
@@ -145,7 +145,9 @@ def run_steady_state(
             peak_rss = process.peak_rss_bytes()
         finally:
             exit_status = process.stop()
-        delivery = compare_delivery(events, read_stream(kinesis, streams.output), read_stream(kinesis, streams.input))
+        delivery = compare_delivery(
+            events, read_whole_stream(kinesis, streams.output), read_whole_stream(kinesis, streams.input)
+        )
     finally:
         # Deleted even after a failure, so the next run finds free shards.
         delete_streams(kinesis, streams.input, streams.output)
@@ -206,7 +208,7 @@ def run_backlog_drain(
             peak_rss = process.peak_rss_bytes()
         finally:
             exit_status = process.stop()
-        delivery = compare_delivery(events, read_stream(kinesis, streams.output), [])
+        delivery = compare_delivery(events, read_whole_stream(kinesis, streams.output), [])
     finally:
         # The input stream is shared by every drain; only this run's anomaly stream goes.
         delete_streams(kinesis, streams.output)
