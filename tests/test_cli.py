@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,7 @@ def test_credentials_prints_export_lines_with_endpoint(moto_endpoint: str) -> No
         "export AWS_SECRET_ACCESS_KEY",
         "export AWS_SESSION_TOKEN",
         "export AWS_REGION",
+        "export AWS_DEFAULT_REGION",
         "export AWS_ENDPOINT_URL",
     ]
     assert f"export AWS_ENDPOINT_URL={moto_endpoint}" in result.stdout
@@ -126,12 +129,15 @@ def test_process_forwards_then_exits_0_on_sigterm(moto_endpoint: str) -> None:
     kinesis.put_record(
         StreamName="ingest-default-payments", Data=b'{"event_id":"x","transaction_amount":250}', PartitionKey="x"
     )
-    env = dict(os.environ, AWS_ENDPOINT_URL=moto_endpoint, ANOMALY_PROCESSOR_METRICS_PORT=str(free_port()))
+    metrics_port = free_port()
+    env = dict(os.environ, AWS_ENDPOINT_URL=moto_endpoint, ANOMALY_PROCESSOR_METRICS_PORT=str(metrics_port))
     process = subprocess.Popen([*CLI, "process", "-f", str(EXAMPLE)], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not read_whole_stream(kinesis, "anomaly-default-payments"):
             time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            metrics_page = response.read().decode()
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     finally:
@@ -140,6 +146,7 @@ def test_process_forwards_then_exits_0_on_sigterm(moto_endpoint: str) -> None:
             process.wait()
 
     assert process.returncode == 0, stderr
+    assert "anomaly_processor_anomalies_forwarded_total" in metrics_page
     assert [r["Data"] for r in read_whole_stream(kinesis, "anomaly-default-payments")] == [
         b'{"event_id":"x","transaction_amount":250}'
     ]
@@ -160,3 +167,36 @@ def test_emulator_prints_endpoint_and_serves_kinesis() -> None:
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=15)
+
+
+def test_emulator_on_taken_port_exits_2() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_cli("emulator", "--port", str(port), timeout=30)
+
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_pipeline_file_with_broken_yaml_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("spec: {region: [\n")
+
+    result = run_cli("apply", "-f", str(bad))
+
+    assert result.returncode == 2
+    assert f"{bad}: not valid YAML" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--shards", "0"), ("--events", "0"), ("--events", "-5"), ("--rate", "0")]
+)
+def test_demo_rejects_out_of_range_options(option: str, value: str) -> None:
+    result = run_cli("demo", option, value, timeout=30)
+
+    assert result.returncode == 2
+    assert f"{option}: invalid value '{value}'" in result.stderr

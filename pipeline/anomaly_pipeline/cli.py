@@ -79,10 +79,11 @@ def command_credentials(args: argparse.Namespace) -> int:
 def command_process(args: argparse.Namespace) -> int:
     from anomaly_processor import __main__ as processor_main
     from anomaly_processor import logs
+    from anomaly_processor.config import environment_settings
     from anomaly_processor.health import ENV_METRICS_ADDRESS
 
     pipeline = load_pipeline_file(args.file)
-    config = processor_config(pipeline)
+    config = dataclasses.replace(processor_config(pipeline), **environment_settings())
     # On a workstation the metrics port is for the user alone; pods set no address and listen on all.
     os.environ.setdefault(ENV_METRICS_ADDRESS, "127.0.0.1")
     logs.configure(args.log_level, pipeline=config.pipeline, worker=config.worker_id)
@@ -105,7 +106,7 @@ def command_demo(args: argparse.Namespace) -> int:
     from anomaly_pipeline.demo import run_demo
 
     pipeline = load_pipeline_file(args.file)
-    if args.shards:
+    if args.shards is not None:
         pipeline = dataclasses.replace(pipeline, input=dataclasses.replace(pipeline.input, shard_count=args.shards))
     for name, value in emulator.CREDENTIALS.items():
         os.environ[name] = value
@@ -120,6 +121,21 @@ def command_demo(args: argparse.Namespace) -> int:
         print(summary.table())
         print("PASS" if summary.passed else "FAIL: anomalies missing or unexpected, or latency at or above 2000 ms")
     return 0 if summary.passed else 1
+
+
+def _bounded(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], int | float]:
+    """Return an argparse type that accepts a number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {low:g} to {high:g}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_emulator = commands.add_parser("emulator", help="run an AWS endpoint (moto) on 127.0.0.1 in the foreground")
     run_emulator.add_argument(
-        "--port", type=int, default=emulator.DEFAULT_PORT, help=f"port (default: {emulator.DEFAULT_PORT})"
+        "--port",
+        type=_bounded(int, 1, 65535),
+        default=emulator.DEFAULT_PORT,
+        help=f"port (default: {emulator.DEFAULT_PORT})",
     )
     run_emulator.add_argument(
         "--region", default="eu-west-1", help="region for the printed AWS_REGION (default: eu-west-1)"
@@ -177,9 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "-f", "--file", default=str(EXAMPLE_PIPELINE), help="pipeline file (default: examples/pipeline.yaml)"
     )
-    demo.add_argument("--events", type=int, default=5000, help="events to write (default: 5000)")
-    demo.add_argument("--rate", type=float, default=500.0, help="events per second (default: 500)")
-    demo.add_argument("--shards", type=int, default=2, help="input stream shards (default: 2)")
+    demo.add_argument(
+        "--events", type=_bounded(int, 1, 10_000_000), default=5000, help="events to write (default: 5000)"
+    )
+    demo.add_argument(
+        "--rate", type=_bounded(float, 1, 100_000), default=500.0, help="events per second (default: 500)"
+    )
+    demo.add_argument("--shards", type=_bounded(int, 1, 500), default=2, help="input stream shards (default: 2)")
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(handler=command_demo)

@@ -49,9 +49,10 @@ def _api_client(context: str | None) -> Any:
 
 def read_pipeline_document(name: str, namespace: str = "default", context: str | None = None) -> dict[str, Any]:
     """Return the AnomalyPipeline ``namespace/name`` as the API server stores it, status included."""
+    client = _api_client(context)  # raises ClusterError when the kubernetes package is missing
     import kubernetes
 
-    with _api_client(context) as api_client:
+    with client as api_client:
         api = kubernetes.client.CustomObjectsApi(api_client)
         try:
             document = api.get_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL, name)

@@ -48,6 +48,8 @@ def export_lines(credentials: dict[str, Any], region: str, endpoint_url: str | N
         f"export AWS_SECRET_ACCESS_KEY={values['SecretAccessKey']}",
         f"export AWS_SESSION_TOKEN={values['SessionToken']}",
         f"export AWS_REGION={region}",
+        # AWS CLI v1 and boto3 before 1.35 read only AWS_DEFAULT_REGION.
+        f"export AWS_DEFAULT_REGION={region}",
     ]
     if endpoint_url:
         lines.append(f"export AWS_ENDPOINT_URL={endpoint_url}")

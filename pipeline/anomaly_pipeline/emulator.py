@@ -25,6 +25,27 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class PortInUseError(OSError):
+    """The emulator's port on 127.0.0.1 is taken by another process."""
+
+
+def check_port_free(port: int) -> None:
+    """Raise PortInUseError unless ``port`` can be bound on 127.0.0.1.
+
+    moto's threaded server reports a bind failure only in its own thread and then waits
+    forever, so the port is checked before it starts.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # The server sets SO_REUSEADDR too, so a port left in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError as error:
+            raise PortInUseError(
+                f"cannot listen on {HOST}:{port}: {error.strerror}; choose another port with --port"
+            ) from error
+
+
 @contextmanager
 def running_emulator(port: int | None = None) -> Iterator[str]:
     """Run moto's server on 127.0.0.1 in a background thread; yield its endpoint URL."""
@@ -34,7 +55,10 @@ def running_emulator(port: int | None = None) -> Iterator[str]:
 
     # werkzeug logs every request at info, which would drown the caller's output.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = port or free_port()
+    if port is None:
+        port = free_port()
+    else:
+        check_port_free(port)
     server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
     server.start()
     try:
@@ -45,6 +69,10 @@ def running_emulator(port: int | None = None) -> Iterator[str]:
 
 def environment_lines(endpoint_url: str, region: str) -> list[str]:
     """Return the ``export`` lines that point AWS clients at the emulator."""
-    lines = [f"export AWS_ENDPOINT_URL={endpoint_url}", f"export AWS_REGION={region}"]
+    lines = [
+        f"export AWS_ENDPOINT_URL={endpoint_url}",
+        f"export AWS_REGION={region}",
+        f"export AWS_DEFAULT_REGION={region}",
+    ]
     lines += [f"export {name}={value}" for name, value in CREDENTIALS.items()]
     return lines

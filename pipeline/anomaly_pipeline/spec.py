@@ -90,6 +90,16 @@ class SpecError(ValueError):
         self.reason = reason
 
 
+class PipelineFileError(SpecError):
+    """A pipeline file that cannot be read as YAML or holds no AnomalyPipeline."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        ValueError.__init__(self, f"{path}: {reason}")
+        self.field = path
+        self.value = None
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     name: str
@@ -385,10 +395,13 @@ def load_pipeline_file(path: str) -> Pipeline:
     import yaml
 
     with open(path, encoding="utf-8") as handle:
-        documents = [d for d in yaml.safe_load_all(handle) if d is not None]
+        try:
+            documents = [d for d in yaml.safe_load_all(handle) if d is not None]
+        except yaml.YAMLError as error:
+            raise PipelineFileError(path, f"not valid YAML: {error}") from error
     pipelines = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == KIND]
     if not pipelines:
-        raise SpecError("kind", None, f"{path} holds no {KIND} document")
+        raise PipelineFileError(path, f"contains no {KIND} document")
     return parse_pipeline(pipelines[0])
 
 

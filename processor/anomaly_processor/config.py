@@ -132,13 +132,7 @@ def from_document(document: Mapping[str, Any], worker_id: str | None = None) -> 
             f"expected seconds from 0 (no hot reload) to {MAX_RELOAD_INTERVAL_SECONDS:.0f}"
         )
 
-    extra: dict[str, Any] = {}
-    worker = worker_id or os.environ.get(ENV_WORKER_ID)
-    if worker:
-        extra["worker_id"] = worker
-    port = os.environ.get(ENV_METRICS_PORT)
-    if port:
-        extra["metrics_port"] = int(port)
+    extra = environment_settings(worker_id)
     return ProcessorConfig(
         pipeline=pipeline,
         region=region,
@@ -173,6 +167,21 @@ def _shadow_detector(detectors: object) -> DetectorDefinition | None:
         return parse_detector(raw, "detectors.shadow")
     except DetectorError as error:
         raise ConfigError(str(error)) from error
+
+
+def environment_settings(worker_id: str | None = None) -> dict[str, Any]:
+    """Return the per-pod settings from the environment, as ``ProcessorConfig`` keyword arguments."""
+    extra: dict[str, Any] = {}
+    worker = worker_id or os.environ.get(ENV_WORKER_ID)
+    if worker:
+        extra["worker_id"] = worker
+    port = os.environ.get(ENV_METRICS_PORT)
+    if port:
+        try:
+            extra["metrics_port"] = int(port)
+        except ValueError as error:
+            raise ConfigError(f"{ENV_METRICS_PORT}: invalid value {port!r}: expected a port number") from error
+    return extra
 
 
 def load_config(path: str) -> ProcessorConfig:
