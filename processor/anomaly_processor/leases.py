@@ -245,6 +245,11 @@ class LeaseTable:
         condition = "#owner = :owner AND #requested = :requester"
         return self._update(shard_id, "REMOVE #requested", condition, values) is not None
 
+    def withdraw_handoff(self, shard_id: str, requester: str) -> bool:
+        """Remove ``requester``'s own pending request from a lease, whoever owns it."""
+        values = {":requester": {"S": requester}}
+        return self._update(shard_id, "REMOVE #requested", "#requested = :requester", values) is not None
+
     def delete_ended(self, shard_id: str) -> bool:
         """Delete the lease of a shard that was read to its end."""
         try:

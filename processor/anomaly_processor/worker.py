@@ -494,4 +494,20 @@ class Worker:
                 self._forget(held.shard_id)
             else:
                 self._release(held)
+        self._withdraw_requests()
         metrics.LEASES_HELD.set(0)
+
+    def _withdraw_requests(self) -> None:
+        """Remove this worker's pending handoff requests before it stops.
+
+        Other workers count a requester as live, so a request left behind would keep
+        them below their fair share and could even hand a lease to this stopped worker,
+        where it would wait a whole lease duration to expire.
+        """
+        try:
+            leases = self._table.scan()
+            for lease in leases.values():
+                if lease.requested_by == self.worker_id:
+                    self._table.withdraw_handoff(lease.shard_id, self.worker_id)
+        except (ClientError, BotoCoreError) as error:
+            log.warning("withdrawing handoff requests failed", extra={**self._context, "error": str(error)})

@@ -370,3 +370,21 @@ def test_latest_start_survives_takeover(aws: Aws, example_pipeline: Pipeline) ->
 
     assert leases(aws, pipeline)[shard].starting_timestamp == started, "the first holder's start is kept"
     assert sorted(forwarded_ids(kinesis, pipeline.output.name)) == sorted(anomaly_ids(pending))
+
+
+@pytest.mark.e2e
+def test_stopped_worker_withdraws_its_handoff_request(aws: Aws, example_pipeline: Pipeline) -> None:
+    pipeline = provisioned(aws, example_pipeline, 4)
+    slow_expiry = dataclasses.replace(FAST_LEASES, duration=60.0, renew_interval=1.0)
+    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
+    shard_ids = [s["ShardId"] for s in aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"]]
+    for shard_id in shard_ids:
+        table.create(shard_id, ())
+        assert table.take(table.scan()[shard_id], "absent") is not None
+
+    with running_workers(aws, pipeline, "w1", settings=slow_expiry) as (w1,):
+        # "absent" holds all four leases and never answers, so w1 asks it for one.
+        wait_for(lambda: any(lease.requested_by == "w1" for lease in table.scan().values()), 10, "w1's request")
+        w1.stop()
+
+    assert all(lease.requested_by is None for lease in table.scan().values())
