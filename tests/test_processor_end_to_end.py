@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.demo import read_whole_stream
 from anomaly_pipeline.provisioning import provision
-from anomaly_pipeline.spec import Pipeline, processor_config
+from anomaly_pipeline.spec import Pipeline
 from anomaly_processor.checkpoint import CheckpointStore
-from anomaly_processor.worker import Worker
-from botocore.config import Config
+
+from tests.worker_harness import FAST_FAIL, running_worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
-# moto returns HTTP 500 for a malformed request, so a test fails faster without retries.
-FAST_FAIL = Config(retries={"max_attempts": 1})
 
 MIXED_INPUTS = [
     b'{"event_id":"a","transaction_amount":150}',
@@ -63,24 +58,6 @@ class PutRecordsCalls:
         self.sizes.append(len(params["Records"]))
 
 
-@contextmanager
-def running_worker(aws: Aws, pipeline: Pipeline) -> Iterator[tuple[Worker, PutRecordsCalls]]:
-    kinesis = aws.client("kinesis", FAST_FAIL)
-    calls = PutRecordsCalls(kinesis)
-    worker = Worker(
-        processor_config(pipeline, "test"), kinesis, aws.client("dynamodb", FAST_FAIL), discovery_interval=0.5
-    )
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        assert worker.ready.wait(10), "the worker never listed the shards"
-        yield worker, calls
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the worker did not stop"
-
-
 def put(aws: Aws, stream: str, payloads: list[bytes], key_prefix: str = "k") -> None:
     kinesis = aws.client("kinesis")
     for start in range(0, len(payloads), 500):
@@ -102,19 +79,6 @@ def input_data_by_position(kinesis: Any, stream: str) -> dict[tuple[str, str], b
     return positions
 
 
-def wait_for(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met before the timeout")
-
-
-def processed(worker: Worker) -> int:
-    return sum(p.records for p in worker.finished.values())
-
-
 def test_only_valid_anomalies_are_forwarded_byte_identical(
     aws: Aws, three_shard_pipeline: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -123,8 +87,8 @@ def test_only_valid_anomalies_are_forwarded_byte_identical(
     kinesis = aws.client("kinesis")
     data_at = input_data_by_position(kinesis, pipeline.input.name)
 
-    with caplog.at_level(logging.WARNING, logger="anomaly_processor"), running_worker(aws, pipeline) as (worker, _):
-        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 2)
+    with caplog.at_level(logging.WARNING, logger="anomaly_processor"), running_worker(aws, pipeline) as worker:
+        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 2, "2 anomalies")
         time.sleep(1.0)  # past the last batch, so a stray forward would show up
 
     forwarded = read_whole_stream(kinesis, pipeline.output.name)
@@ -147,8 +111,8 @@ def test_every_shard_is_read_and_checkpointed(aws: Aws, three_shard_pipeline: Pi
     put(aws, pipeline.input.name, payloads)
     kinesis = aws.client("kinesis")
 
-    with running_worker(aws, pipeline) as (worker, _):
-        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 60)
+    with running_worker(aws, pipeline) as worker:
+        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 60, "60 anomalies")
 
     store = CheckpointStore(aws.client("dynamodb"), pipeline.checkpoint_table)
     items = store.read_all()
@@ -160,15 +124,17 @@ def test_every_shard_is_read_and_checkpointed(aws: Aws, three_shard_pipeline: Pi
     assert sum(p.records for p in worker.finished.values()) == 60
 
 
-def test_more_than_500_anomalies_go_out_in_calls_of_at_most_500(aws: Aws, example_pipeline: Pipeline) -> None:
+def test_put_records_calls_carry_at_most_500(aws: Aws, example_pipeline: Pipeline) -> None:
     pipeline = dataclasses.replace(example_pipeline, input=dataclasses.replace(example_pipeline.input, shard_count=1))
     provision(aws, pipeline)
     payloads = [b'{"event_id":"%d","transaction_amount":101}' % i for i in range(1234)]
     put(aws, pipeline.input.name, payloads)
     kinesis = aws.client("kinesis")
 
-    with running_worker(aws, pipeline) as (_, calls):
-        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 1234)
+    forwarding_client = aws.client("kinesis", FAST_FAIL)
+    calls = PutRecordsCalls(forwarding_client)
+    with running_worker(aws, pipeline, kinesis=forwarding_client):
+        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 1234, "1,234 anomalies")
 
     forwarded = read_whole_stream(kinesis, pipeline.output.name)
     assert sorted(r["Data"] for r in forwarded) == sorted(payloads)
@@ -184,13 +150,13 @@ def test_restart_resumes_after_checkpoint_without_loss_or_repeat(aws: Aws, three
 
     put(aws, pipeline.input.name, first, "first")
     with running_worker(aws, pipeline):
-        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 30)
+        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 30, "the first 30 anomalies")
 
     store = CheckpointStore(aws.client("dynamodb"), pipeline.checkpoint_table)
     assert any("checkpoint" in item for item in store.read_all().values())
     put(aws, pipeline.input.name, second, "second")
     with running_worker(aws, pipeline):
-        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 60)
+        wait_for(lambda: len(read_whole_stream(kinesis, pipeline.output.name)) >= 60, "all 60 anomalies")
         time.sleep(1.0)
 
     forwarded = [r["Data"] for r in read_whole_stream(kinesis, pipeline.output.name)]

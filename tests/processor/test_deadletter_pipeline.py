@@ -6,10 +6,7 @@ import base64
 import dataclasses
 import hashlib
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +20,9 @@ from anomaly_pipeline.provisioning import OWNER_TAG, deprovision, provision
 from anomaly_pipeline.spec import Pipeline, SpecError, load_pipeline_file, parse_pipeline, processor_config
 from anomaly_processor.config import from_document
 from anomaly_processor.deadletter import MAX_RECORD_BYTES, format_arrival
-from anomaly_processor.worker import Worker
 from aws_kinesis_agg.aggregator import RecordAggregator
-from botocore.config import Config
 
-FAST_FAIL = Config(retries={"max_attempts": 1})
+from tests.worker_harness import running_worker, wait_for
 
 # The malformed inputs of the processor's end-to-end tests, with the reason each must carry.
 MALFORMED_CASES: list[tuple[bytes, str]] = [
@@ -186,34 +181,6 @@ def aggregate(*user_records: tuple[str, bytes]) -> bytes:
     return bytes(packed.get_contents()[2])
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@contextmanager
-def running_worker(aws: Aws, pipeline: Pipeline) -> Iterator[Worker]:
-    worker = Worker(
-        processor_config(pipeline, "dead-letter-test"),
-        aws.client("kinesis", FAST_FAIL),
-        aws.client("dynamodb", FAST_FAIL),
-        discovery_interval=0.5,
-    )
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        assert worker.ready.wait(10), "the worker never read the lease table"
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the worker did not stop"
-
-
 def input_records(kinesis: Any, stream: str) -> dict[tuple[str, str], dict[str, Any]]:
     """Map (shard id, sequence number) to each input record as GetRecords returns it."""
     records: dict[tuple[str, str], dict[str, Any]] = {}
@@ -244,7 +211,7 @@ def test_every_malformed_case_dead_lettered(aws: Aws, pipeline: Pipeline) -> Non
     inputs = input_records(kinesis, pipeline.input.name)
     by_key = {record["PartitionKey"]: (position, record) for position, record in inputs.items()}
 
-    with running_worker(aws, pipeline):
+    with running_worker(aws, pipeline, "dead-letter-test"):
         wait_for(lambda: len(dead_letters(aws)) >= len(MALFORMED_CASES) + 2, "every dead letter")
         time.sleep(1.0)  # past the last batch, so a stray write would show up
 
@@ -283,7 +250,7 @@ def test_record_near_1_mib_dead_lettered_cut(aws: Aws, pipeline: Pipeline) -> No
     data = b"<" + b"x" * (MAX_RECORD_BYTES - len("big") - 1)
     kinesis.put_record(StreamName=pipeline.input.name, Data=data, PartitionKey="big")
 
-    with running_worker(aws, pipeline):
+    with running_worker(aws, pipeline, "dead-letter-test"):
         wait_for(lambda: len(dead_letters(aws)) >= 1, "the dead letter")
 
     records = read_whole_stream(kinesis, "dead-default-payments")

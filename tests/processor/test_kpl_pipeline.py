@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.demo import read_whole_stream
 from anomaly_pipeline.provisioning import provision
-from anomaly_pipeline.spec import Pipeline, processor_config
+from anomaly_pipeline.spec import Pipeline
 from anomaly_processor.checkpoint import Checkpoint, CheckpointStore
 from anomaly_processor.leases import LeaseTable
-from anomaly_processor.worker import Worker
 from aws_kinesis_agg.aggregator import RecordAggregator
-from botocore.config import Config
+
+from tests.worker_harness import running_worker, wait_for
 
 pytestmark = pytest.mark.e2e
-
-FAST_FAIL = Config(retries={"max_attempts": 1})
 
 
 def aggregate(*user_records: tuple[str, bytes]) -> bytes:
@@ -55,34 +50,6 @@ def put(aws: Aws, stream: str, data: bytes, partition_key: str) -> str:
     )
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@contextmanager
-def running_worker(aws: Aws, pipeline: Pipeline) -> Iterator[Worker]:
-    worker = Worker(
-        processor_config(pipeline, "kpl-test"),
-        aws.client("kinesis", FAST_FAIL),
-        aws.client("dynamodb", FAST_FAIL),
-        discovery_interval=0.5,
-    )
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        assert worker.ready.wait(10), "the worker never read the lease table"
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the worker did not stop"
-
-
 def forwarded(aws: Aws, pipeline: Pipeline) -> list[tuple[bytes, str]]:
     return [(r["Data"], r["PartitionKey"]) for r in read_whole_stream(aws.client("kinesis"), pipeline.output.name)]
 
@@ -113,7 +80,7 @@ def test_aggregate_user_records_forwarded_alone(aws: Aws, pipeline: Pipeline) ->
     )
     plain_sequence = put(aws, pipeline.input.name, plain, "card-4")
 
-    with running_worker(aws, pipeline) as worker:
+    with running_worker(aws, pipeline, "kpl-test") as worker:
         settle(aws, pipeline, 3)
 
     assert sorted(forwarded(aws, pipeline)) == sorted([(first, "card-1"), (third, "card-3"), (plain, "card-4")])
@@ -128,7 +95,7 @@ def test_checkpoint_after_aggregate_names_last_user_record(aws: Aws, pipeline: P
     records = [("card-1", event("u1", "150")), ("card-2", event("u2", "50")), ("card-3", event("u3", "300"))]
     sequence = put(aws, pipeline.input.name, aggregate(*records), "agg")
 
-    with running_worker(aws, pipeline):
+    with running_worker(aws, pipeline, "kpl-test"):
         settle(aws, pipeline, 2)
 
     assert checkpoint(aws, pipeline) == Checkpoint(sequence, 2)
@@ -144,7 +111,7 @@ def test_restart_inside_aggregate_resumes_at_next_user_record(aws: Aws, pipeline
     assert LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table).create(shard_id, ())
     CheckpointStore(aws.client("dynamodb"), pipeline.checkpoint_table).write(shard_id, Checkpoint(sequence, 1), None)
 
-    with running_worker(aws, pipeline):
+    with running_worker(aws, pipeline, "kpl-test"):
         settle(aws, pipeline, 3)
 
     expected = [(users[2][1], users[2][0]), (users[3][1], users[3][0]), (plain, "card-9")]
@@ -156,11 +123,11 @@ def test_restart_after_whole_aggregate_repeats_nothing(aws: Aws, pipeline: Pipel
     before = [("card-1", event("b1", "150")), ("card-2", event("b2", "50")), ("card-3", event("b3", "300"))]
     after = [("card-4", event("a1", "500")), ("card-5", event("a2", "5")), ("card-6", event("a3", "101"))]
     put(aws, pipeline.input.name, aggregate(*before), "agg-1")
-    with running_worker(aws, pipeline):
+    with running_worker(aws, pipeline, "kpl-test"):
         settle(aws, pipeline, 2)
 
     second = put(aws, pipeline.input.name, aggregate(*after), "agg-2")
-    with running_worker(aws, pipeline):
+    with running_worker(aws, pipeline, "kpl-test"):
         settle(aws, pipeline, 4)
 
     result = forwarded(aws, pipeline)
@@ -173,11 +140,11 @@ def test_restart_after_whole_aggregate_repeats_nothing(aws: Aws, pipeline: Pipel
 def test_restart_after_plain_record_repeats_nothing(aws: Aws, pipeline: Pipeline) -> None:
     first = event("p1", "150")
     put(aws, pipeline.input.name, first, "card-1")
-    with running_worker(aws, pipeline):
+    with running_worker(aws, pipeline, "kpl-test"):
         settle(aws, pipeline, 1)
     second = event("p2", "150")
     put(aws, pipeline.input.name, second, "card-2")
-    with running_worker(aws, pipeline):
+    with running_worker(aws, pipeline, "kpl-test"):
         settle(aws, pipeline, 2)
     assert sorted(forwarded(aws, pipeline)) == sorted([(first, "card-1"), (second, "card-2")])
 
@@ -190,7 +157,7 @@ def test_corrupt_aggregate_is_malformed(aws: Aws, pipeline: Pipeline) -> None:
     after = event("p1", "150")
     put(aws, pipeline.input.name, after, "card-2")
 
-    with running_worker(aws, pipeline) as worker:
+    with running_worker(aws, pipeline, "kpl-test") as worker:
         settle(aws, pipeline, 1)
 
     assert forwarded(aws, pipeline) == [(after, "card-2")]
