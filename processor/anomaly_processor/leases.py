@@ -31,7 +31,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -199,18 +199,39 @@ class LeaseTable:
         )
         return lease_of(response["Attributes"]) if response is not None else None
 
-    def renew(self, shard_id: str, owner: str, counter: int) -> bool:
-        """Increment the counter of a lease that ``owner`` holds at ``counter``."""
-        values = {":me": {"S": owner}, ":seen": {"N": str(counter)}, ":one": {"N": "1"}}
-        condition = "#owner = :me AND #counter = :seen"
-        return self._update(shard_id, "SET #counter = #counter + :one", condition, values) is not None
+    def renew(self, shard_id: str, owner: str, counter: int) -> int | None:
+        """Increment the counter of a lease that ``owner`` holds; return the new counter, or None when lost."""
+        update = "SET #counter = #counter + :one"
+        for seen in self._counters_to_try(shard_id, owner, counter):
+            values = {":me": {"S": owner}, ":seen": {"N": str(seen)}, ":one": {"N": "1"}}
+            if self._update(shard_id, update, "#owner = :me AND #counter = :seen", values) is not None:
+                return seen + 1
+        return None
 
     def release(self, shard_id: str, owner: str, counter: int) -> bool:
-        """Free a lease that ``owner`` holds at ``counter``; its checkpoint stays."""
-        values = {":me": {"S": owner}, ":seen": {"N": str(counter)}, ":one": {"N": "1"}}
-        condition = "#owner = :me AND #counter = :seen"
+        """Free a lease that ``owner`` holds; its checkpoint stays. Return False when it was lost."""
         update = "SET #counter = #counter + :one REMOVE #owner, #requested"
-        return self._update(shard_id, update, condition, values) is not None
+        for seen in self._counters_to_try(shard_id, owner, counter):
+            values = {":me": {"S": owner}, ":seen": {"N": str(seen)}, ":one": {"N": "1"}}
+            if self._update(shard_id, update, "#owner = :me AND #counter = :seen", values) is not None:
+                return True
+        return False
+
+    def _counters_to_try(self, shard_id: str, owner: str, counter: int) -> Iterator[int]:
+        """Yield ``counter``, then the stored counter once if ``owner`` still holds the lease.
+
+        A renewal whose response was lost (a timeout after DynamoDB applied it, then
+        botocore's retry failing its condition) leaves the stored counter ahead of the
+        worker's. Only the owner changes the counter of a lease it holds, so the stored
+        value can be adopted rather than the lease given up.
+        """
+        yield counter
+        response = self._dynamodb.get_item(TableName=self._table, Key={KEY: {"S": shard_id}}, ConsistentRead=True)
+        item = response.get("Item")
+        if item is not None:
+            stored = lease_of(item)
+            if stored.owner == owner and stored.counter != counter:
+                yield stored.counter
 
     def hand_over(self, shard_id: str, owner: str, counter: int, new_owner: str) -> bool:
         """Make ``new_owner`` the owner of a lease that ``owner`` holds at ``counter``.
@@ -246,7 +267,7 @@ class LeaseTable:
         return self._update(shard_id, "REMOVE #requested", condition, values) is not None
 
     def withdraw_handoff(self, shard_id: str, requester: str) -> bool:
-        """Remove ``requester``'s own pending request from a lease, whoever owns it."""
+        """Remove ``requester``'s own pending request from a lease, regardless of its owner."""
         values = {":requester": {"S": requester}}
         return self._update(shard_id, "REMOVE #requested", "#requested = :requester", values) is not None
 

@@ -11,7 +11,7 @@ creates leases for new ones, so shards made by a split, a merge or UpdateShardCo
 found without a restart. A child shard is leased only after each of its parents has
 been read to its end, so a partition key's records are read in order across a reshard.
 
-``stop`` asks every consumer to finish its batch and checkpoint; ``run`` then releases
+After ``stop``, every consumer finishes its batch and checkpoints. ``run`` then releases
 the leases, so other workers take them within a scan interval, and returns.
 """
 
@@ -221,8 +221,8 @@ class Worker:
             except (ClientError, BotoCoreError) as error:
                 self._log_renew_failure(lease, error)
                 continue
-            if renewed:
-                lease.counter += 1
+            if renewed is not None:
+                lease.counter = renewed
                 lease.renewed_at = sent
                 if self._failures.pop("renew", 0):
                     log.info("lease renewal succeeded again", extra={**self._context, "shard": lease.shard_id})

@@ -383,8 +383,42 @@ def test_stopped_worker_withdraws_its_handoff_request(aws: Aws, example_pipeline
         assert table.take(table.scan()[shard_id], "absent") is not None
 
     with running_workers(aws, pipeline, "w1", settings=slow_expiry) as (w1,):
-        # "absent" holds all four leases and never answers, so w1 asks it for one.
+        # "absent" owns all four leases and never responds, so w1 requests one of them.
         wait_for(lambda: any(lease.requested_by == "w1" for lease in table.scan().values()), 10, "w1's request")
         w1.stop()
 
     assert all(lease.requested_by is None for lease in table.scan().values())
+
+
+@pytest.mark.e2e
+def test_renewal_after_lost_response_keeps_lease(aws: Aws, example_pipeline: Pipeline) -> None:
+    pipeline = provisioned(aws, example_pipeline, 1)
+    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
+    shard = aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
+    table.create(shard, ())
+    taken = table.take(table.scan()[shard], "w1")
+    assert taken is not None
+
+    # The first renewal reached DynamoDB but its response was lost, so w1 still knows the old counter.
+    assert table.renew(shard, "w1", taken.counter) == taken.counter + 1
+    renewed = table.renew(shard, "w1", taken.counter)
+
+    assert renewed == taken.counter + 2
+    assert table.scan()[shard].owner == "w1"
+    assert table.release(shard, "w1", taken.counter)
+    assert table.scan()[shard].owner is None
+
+
+@pytest.mark.e2e
+def test_renewal_of_taken_lease_fails(aws: Aws, example_pipeline: Pipeline) -> None:
+    pipeline = provisioned(aws, example_pipeline, 1)
+    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
+    shard = aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
+    table.create(shard, ())
+    taken = table.take(table.scan()[shard], "w1")
+    assert taken is not None
+    assert table.take(table.scan()[shard], "w2") is not None
+
+    assert table.renew(shard, "w1", taken.counter) is None
+    assert table.release(shard, "w1", taken.counter) is False
+    assert table.scan()[shard].owner == "w2"
