@@ -12,7 +12,7 @@ benchmark writes with).
 The async-kinesis 3.0.1 settings match the processor's budget, and each is a documented
 constructor argument. ``shard_fetch_rate=5`` is the Kinesis limit of 5 GetRecords calls
 per second per shard (the library's default is 1). ``record_limit=10000`` is the
-Kinesis maximum (the processor asks for 1,000 to bound its memory). ``sleep_time_no_records`` is the processor's 200 ms poll interval
+Kinesis maximum (the processor requests 1,000 to bound its memory). ``sleep_time_no_records`` is the processor's 200 ms poll interval
 (default 2 s). A producer ``buffer_time`` of 50 ms (default 500 ms) keeps forwarding from
 waiting half a second. Checkpoints go to DynamoDB by default, as the processor's do.
 

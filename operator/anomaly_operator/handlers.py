@@ -44,7 +44,7 @@ AwsFactory = Callable[[str], Aws]
 
 
 class Runtime:
-    """What every handler of one operator shares: settings, the Kubernetes client and AWS clients.
+    """State shared by every handler of one operator: settings, the Kubernetes client and AWS clients.
 
     Settings given to the constructor are used as they are. Without them, the startup handler
     reads them from the environment, so a misconfigured operator stops before it watches anything.

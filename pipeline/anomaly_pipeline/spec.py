@@ -69,7 +69,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "output": {"streamNamePrefix": "anomaly-", "shardCount": 1},
     "checkpoints": {"tableNamePrefix": "anomaly-checkpoints-"},
     "events": {"requiredNumericFields": ["transaction_amount"]},
-    # A shadow detector sees every event beside the rules; its verdicts are only counted.
+    # A shadow detector judges every event beside the rules, and its verdicts are only counted.
     "detectors": {"shadow": None},
     # Without a prefix there is no dead-letter stream: malformed records are counted and logged.
     "deadLetter": {"streamNamePrefix": None, "shardCount": 1},
@@ -91,7 +91,7 @@ class SpecError(ValueError):
 
 
 class PipelineFileError(SpecError):
-    """A pipeline file that cannot be read as YAML or holds no AnomalyPipeline."""
+    """A pipeline file that is not valid YAML or contains no AnomalyPipeline."""
 
     def __init__(self, path: str, reason: str) -> None:
         ValueError.__init__(self, f"{path}: {reason}")

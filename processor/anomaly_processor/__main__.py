@@ -50,7 +50,7 @@ def parse_timestamp_as_utc(value: Any) -> datetime:
 
     Kinesis sends ApproximateArrivalTimestamp as epoch seconds. botocore's default parser
     converts each one to local time through dateutil, which took about a quarter of the
-    processor's CPU in a backlog drain; building the UTC datetime directly is the same
+    processor's CPU in a backlog drain. Building the UTC datetime directly gives the same
     instant at a fraction of the cost.
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):

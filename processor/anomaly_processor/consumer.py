@@ -49,7 +49,7 @@ MAX_MALFORMED_LOG_LINES_PER_BATCH: Final = 20
 
 @dataclass
 class ShardProgress:
-    """What a consumer did, for tests and shutdown reporting."""
+    """Counts and last checkpoint of one consumer, for tests and shutdown reporting."""
 
     records: int = 0
     anomalies: int = 0

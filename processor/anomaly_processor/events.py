@@ -22,7 +22,7 @@ from typing import Any, Final
 
 
 class MalformedReason(StrEnum):
-    """Why an event was not judged; the value is the metric label and log field."""
+    """Reason an event was not judged. The value is the metric label and the log field."""
 
     NOT_JSON = "not_json"
     NOT_AN_OBJECT = "not_an_object"

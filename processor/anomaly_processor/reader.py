@@ -32,7 +32,7 @@ MAX_RECORDS_PER_CALL: Final = 1_000
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """What one GetRecords call returned."""
+    """Result of one GetRecords call."""
 
     records: list[dict[str, Any]]
     millis_behind_latest: int

@@ -3,7 +3,7 @@
 This module is the one definition of a rule set: the spec parser validates with
 ``parse_rule_set``, the CRD schema is generated from ``RULE_SET_SCHEMA`` (and tested
 equal), and the processor evaluates the compiled ``RuleSet``. Numbers are compared as
-exact decimals, so ``100.0000000001 > 100`` holds and ``1e2 > 100`` does not. Events
+exact decimals, so ``100.0000000001 > 100`` is true and ``1e2 > 100`` does not. Events
 must be decoded with ``parse_float=Decimal`` for that to hold.
 
 It does not decode bytes or decide what a malformed event is: see ``events``.
