@@ -89,12 +89,18 @@ def running_workers(aws: Aws, pipeline: Pipeline, *worker_ids: str, **kwargs: An
                 running.stop()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it is true; return the seconds it took, or fail naming ``what``."""
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, details: Callable[[], str] | None = None
+) -> float:
+    """Poll ``condition`` until it is true; return the seconds it took, or fail naming ``what``.
+
+    ``details`` adds the state at the timeout to the failure message.
+    """
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            extra = f"; {details()}" if details else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
         time.sleep(0.05)
     return time.monotonic() - started
 
