@@ -237,10 +237,12 @@ class LeaseTable:
         """Make ``new_owner`` the owner of a lease that ``owner`` holds at ``counter``.
 
         The new owner finds the lease in its name and takes it at its next table read.
-        Other workers see it owned all along, so none of them takes it in between.
+        Other workers see it owned all along, so none of them takes it in between. The
+        request must still be there, because a requester that withdrew it is stopping
+        and would never take the lease.
         """
         values = {":me": {"S": owner}, ":seen": {"N": str(counter)}, ":one": {"N": "1"}, ":new": {"S": new_owner}}
-        condition = "#owner = :me AND #counter = :seen"
+        condition = "#owner = :me AND #counter = :seen AND #requested = :new"
         update = "SET #owner = :new, #counter = #counter + :one REMOVE #requested"
         return self._update(shard_id, update, condition, values) is not None
 

@@ -330,6 +330,7 @@ class Worker:
 
     def _release(self, held: HeldLease, to: str | None = None) -> None:
         """Free a lease, or hand it over to the worker ``to`` that asked for it."""
+        context = {**self._context, "shard": held.shard_id}
         try:
             if to is None:
                 released = self._table.release(held.shard_id, self.worker_id, held.counter)
@@ -337,10 +338,14 @@ class Worker:
                 released = self._table.hand_over(held.shard_id, self.worker_id, held.counter, to)
         except (ClientError, BotoCoreError) as error:
             # The lease expires instead, after the lease duration.
-            log.warning("releasing lease failed", extra={**self._context, "shard": held.shard_id, "error": str(error)})
-            released = False
-        if released:
-            log.info("released lease", extra={**self._context, "shard": held.shard_id, "new_owner": to})
+            log.warning("releasing lease failed", extra={**context, "error": str(error)})
+        else:
+            if released:
+                log.info("released lease", extra={**context, "new_owner": to})
+            elif to is not None:
+                # The request was withdrawn by a stopping requester or replaced, or the lease was lost.
+                # A lease still in this worker's name is taken again at the next table read.
+                log.info("handoff failed because the request was withdrawn", extra={**context, "requester": to})
         self._forget(held.shard_id)
 
     def _forget(self, shard_id: str) -> None:
@@ -494,20 +499,28 @@ class Worker:
                 self._forget(held.shard_id)
             else:
                 self._release(held)
-        self._withdraw_requests()
+        self._clear_table_entries()
         metrics.LEASES_HELD.set(0)
 
-    def _withdraw_requests(self) -> None:
-        """Remove this worker's pending handoff requests before it stops.
+    def _clear_table_entries(self) -> None:
+        """Withdraw this worker's handoff requests, then release leases handed over but never taken.
 
-        Other workers count a requester as live, so a request left behind would keep
-        them below their fair share and could even hand a lease to this stopped worker,
-        where it would wait a whole lease duration to expire.
+        Other workers count a requester as live, and a handoff needs its request, so no lease
+        reaches this worker after the withdrawal. A lease handed over before it would otherwise
+        wait a whole lease duration to expire.
         """
         try:
-            leases = self._table.scan()
-            for lease in leases.values():
+            for lease in self._table.scan().values():
                 if lease.requested_by == self.worker_id:
                     self._table.withdraw_handoff(lease.shard_id, self.worker_id)
+            for lease in self._table.scan().values():
+                left = lease.owner == self.worker_id and lease.shard_id not in self._held
+                if left and self._table.release(lease.shard_id, self.worker_id, lease.counter):
+                    log.info(
+                        "released a lease left in this worker's name", extra={**self._context, "shard": lease.shard_id}
+                    )
         except (ClientError, BotoCoreError) as error:
-            log.warning("withdrawing handoff requests failed", extra={**self._context, "error": str(error)})
+            log.warning(
+                "withdrawing requests or releasing handed-over leases failed, so they expire instead",
+                extra={**self._context, "error": str(error)},
+            )

@@ -15,10 +15,11 @@ from collections import Counter
 import pytest
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.provisioning import provision
-from anomaly_pipeline.spec import Pipeline
+from anomaly_pipeline.spec import Pipeline, processor_config
 from anomaly_processor import metrics
 from anomaly_processor.checkpoint import SHARD_END, Checkpoint, CheckpointConflictError, CheckpointStore
 from anomaly_processor.leases import ExpiryClock, Lease, LeaseSettings, LeaseTable, plan_leases, should_hand_off
+from anomaly_processor.worker import Worker
 
 from tests.processor.lease_harness import (
     FAST_LEASES,
@@ -285,7 +286,8 @@ def test_stopped_worker_releases_leases_before_expiry(aws: Aws, example_pipeline
     slow_expiry = dataclasses.replace(FAST_LEASES, duration=60.0, renew_interval=1.0)
     with running_workers(aws, pipeline, "w1", "w2", settings=slow_expiry) as (w1, w2):
         wait_for(lambda: owner_counts(aws, pipeline) == [2, 2], 20, "2 leases each")
-        released = set(w1.worker.held_shards())
+        # From the table: a lease just handed over to w1 counts as w1's before w1 has taken it.
+        released = {shard for shard, owner in owners(aws, pipeline).items() if owner == "w1"}
         stopped_at = time.monotonic()
         w1.stop()
         # Well below the 60 s expiry, with room for a loaded machine; the message shows the table if it fails.
@@ -394,6 +396,45 @@ def test_stopped_worker_withdraws_its_handoff_request(aws: Aws, example_pipeline
         w1.stop()
 
     assert all(lease.requested_by is None for lease in table.scan().values())
+
+
+@pytest.mark.e2e
+def test_stopping_worker_releases_untaken_handoff(aws: Aws, example_pipeline: Pipeline) -> None:
+    pipeline = provisioned(aws, example_pipeline, 2)
+    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
+    shard_ids = [s["ShardId"] for s in aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"]]
+    for shard_id in shard_ids:
+        table.create(shard_id, ())
+    taken = table.take(table.scan()[shard_ids[0]], "w0")
+    assert taken is not None
+    assert table.request_handoff(shard_ids[0], "w0", "w1")
+    assert table.hand_over(shard_ids[0], "w0", taken.counter, "w1")
+    assert table.scan()[shard_ids[0]].owner == "w1"
+
+    # Stopped before its first table read, w1 never takes the lease it was handed.
+    worker = Worker(processor_config(pipeline, "w1"), aws.client("kinesis"), aws.client("dynamodb"))
+    worker.stop()
+    worker.run()
+
+    assert table.scan()[shard_ids[0]].owner is None, "the lease waits for no expiry"
+    assert worker.held_shards() == []
+
+
+@pytest.mark.e2e
+def test_handoff_after_withdrawn_request_fails(aws: Aws, example_pipeline: Pipeline) -> None:
+    pipeline = provisioned(aws, example_pipeline, 1)
+    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
+    shard = aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
+    table.create(shard, ())
+    taken = table.take(table.scan()[shard], "w0")
+    assert taken is not None
+    assert table.request_handoff(shard, "w0", "w1")
+
+    # w0 read w1's request and decided to hand over, but w1 withdrew the request to stop.
+    assert table.withdraw_handoff(shard, "w1")
+
+    assert table.hand_over(shard, "w0", taken.counter, "w1") is False
+    assert table.scan()[shard].owner == "w0"
 
 
 @pytest.mark.e2e
