@@ -5,7 +5,8 @@ bookkeeping kopf relies on (resourceVersion, uid, generation, 422 on a failed JS
 AWS is moto's server on 127.0.0.1. The operator logs in through a kubeconfig that points at
 the emulator, as it would on any cluster. kmock validates nothing, so ``apply_pipeline``
 validates each AnomalyPipeline against the CRD schema first, as an API server with the CRD
-installed would. kmock runs no controllers: no garbage collection, no Deployment rollouts.
+installed would. kmock runs no controllers, so there is no garbage collection, and the emulator
+below writes each Deployment's rollout status itself.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ EXAMPLE = ROOT / "examples" / "pipeline.yaml"
 REGION = "eu-west-1"
 PIPELINES = "/apis/anomaly.dev/v1alpha1/namespaces/default/anomalypipelines"
 TIMEOUT_SECONDS = 30.0
+MERGE_PATCH = "application/merge-patch+json"
 VERIFY_INTERVAL_SECONDS = 2.0
 PROCESSOR_RESOURCES = {
     "v1/serviceaccounts": "ServiceAccount",
@@ -69,6 +71,10 @@ class ApiServer(kmock.KubernetesEmulator):
     On create it sets uid, creationTimestamp, generation 1 and a new resourceVersion. Each
     patch gets a new resourceVersion, and generation + 1 when it changes the spec. A JSON patch whose
     ``test`` operation fails gets HTTP 422, as from kube-apiserver. Every request is logged.
+
+    It also emulates the Deployment controller: after each change to a Deployment it
+    writes the status of a finished rollout, or, while ``pods_start`` is False, the status of
+    a rollout whose pods never become available (as with a crash-looping image).
     """
 
     def __attrs_post_init__(self) -> None:
@@ -76,6 +82,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self.versions = itertools.count(1000)
         self.latest_version = 999
         self.log: list[tuple[str, str]] = []
+        self.pods_start = True
 
     def _next_version(self) -> str:
         self.latest_version = next(self.versions)
@@ -92,9 +99,33 @@ class ApiServer(kmock.KubernetesEmulator):
         elif request.resource is not None and request.action == enums.action.UPDATE:
             self._stamp_update(request)
         try:
-            return await super()._handle(request)
+            response = await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed as error:
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from error
+        if (
+            request.resource is not None
+            and request.resource.plural == "deployments"
+            and request.action in (enums.action.CREATE, enums.action.UPDATE)
+            and request.subresource != "status"
+        ):
+            await self._roll_out(request)
+        return response
+
+    async def _roll_out(self, request: rendering.Request) -> None:
+        assert request.resource is not None
+        name = request.name or (request.data or {}).get("metadata", {}).get("name")
+        async with self._lock:
+            deployment = self._objects[request.resource, request.namespace, name]
+            replicas = int(deployment.get("spec", {}).get("replicas", 1))
+            status = {
+                "observedGeneration": int(deployment.get("metadata", {}).get("generation", 1)),
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "readyReplicas": replicas if self.pods_start else 0,
+                "availableReplicas": replicas if self.pods_start else 0,
+            }
+            deployment.patch({"metadata": {"resourceVersion": self._next_version()}, "status": status})
+            await self._buses[request.resource].put({"type": "MODIFIED", "object": deployment.raw})
 
     async def _serve_list(self, request: rendering.Request) -> Any:
         listed: dict[str, Any] = await super()._serve_list(request)  # type: ignore[assignment]
@@ -356,6 +387,37 @@ def test_example_becomes_ready(cluster: Cluster, aws_endpoint: str) -> None:
     assert sorted(kinesis.list_streams()["StreamNames"]) == ["anomaly-default-payments", "ingest-default-payments"]
     assert runner.exit_code == 0
     assert "created stream ingest-default-payments with 2 shards" in runner.output
+
+
+def test_unavailable_pods_keep_pipeline_unready(cluster: Cluster, aws_endpoint: str) -> None:
+    cluster.server.pods_start = False
+    deployment_path = collection_path("apps/v1/deployments") + "/payments-anomaly-processor"
+    with running_operator() as runner:
+        apply_pipeline(cluster, example())
+        waiting = wait_for(
+            lambda: (
+                (found := pipeline(cluster)) and condition(found, "ProcessorReady").get("status") == "False" and found
+            ),
+            "ProcessorReady=False",
+        )
+        processor_ready = condition(waiting, "ProcessorReady")
+        assert processor_ready["reason"] == "RolloutInProgress"
+        assert "0 of 2 replicas are available" in processor_ready["message"]
+        assert "kubectl describe deployment payments-anomaly-processor -n default" in processor_ready["message"]
+        assert condition(waiting, "Ready")["status"] == "False"
+        assert condition(waiting, "StreamsReady")["status"] == "True"
+
+        # The pods start: the Deployment controller reports them available at the next change.
+        cluster.server.pods_start = True
+        cluster.request("PATCH", deployment_path, {"metadata": {"labels": {"pods": "started"}}}, MERGE_PATCH)
+        ready = wait_for(lambda: is_ready(cluster), "Ready=True once the pods are available")
+
+    assert condition(ready, "ProcessorReady")["reason"] == "Available"
+    assert (
+        condition(ready, "ProcessorReady")["message"]
+        == "Deployment default/payments-anomaly-processor: 2 of 2 replicas are available"
+    )
+    assert runner.exit_code == 0
 
 
 def test_restart_recreates_nothing(cluster: Cluster, aws_endpoint: str) -> None:

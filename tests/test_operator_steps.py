@@ -263,6 +263,81 @@ def test_rules_change_rewrites_configmap(aws: Aws, body: dict[str, Any], setting
     assert streams_after == streams_before
 
 
+def deployment(**status: int) -> dict[str, Any]:
+    """Return a Deployment at generation 2 with 2 desired replicas and ``status``."""
+    return {"metadata": {"generation": 2}, "spec": {"replicas": 2}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("live", "complete", "message"),
+    [
+        (deployment(observedGeneration=1), False, "the Deployment controller has not seen the current spec yet"),
+        (deployment(observedGeneration=2, updatedReplicas=1, replicas=2), False, "1 of 2 replicas run the current"),
+        (
+            deployment(observedGeneration=2, updatedReplicas=2, replicas=3),
+            False,
+            "1 old replicas are still terminating",
+        ),
+        (
+            deployment(observedGeneration=2, updatedReplicas=2, replicas=2, availableReplicas=1),
+            False,
+            "1 of 2 replicas",
+        ),
+        (deployment(observedGeneration=2, updatedReplicas=2, replicas=2, availableReplicas=2), True, "2 of 2 replicas"),
+        ({"metadata": {"generation": 1}, "spec": {"replicas": 1}}, False, "the Deployment controller has not seen"),
+        ({"metadata": {}, "spec": {"replicas": 1}}, False, "0 of 1 replicas run the current pod template"),
+    ],
+)
+def test_rollout_progress_follows_kubectl_rollout_status(live: dict[str, Any], complete: bool, message: str) -> None:
+    done, progress = processor.rollout_progress(live)
+
+    assert done is complete
+    assert progress.startswith(message)
+
+
+def test_processor_step_ready_only_when_pods_available(
+    aws: Aws, body: dict[str, Any], settings: OperatorSettings
+) -> None:
+    kube = MemoryKube()
+    status = reconcile_all(aws, kube, body, settings)
+    pipeline = reconcile.parse(body, settings)
+
+    waiting = reconcile.processor_step(kube, pipeline, settings, body, status)
+    live = kube.find("Deployment")[0]
+    live["status"] = {"observedGeneration": 0, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
+    ready = reconcile.processor_step(kube, pipeline, settings, body, status)
+
+    assert waiting.condition.status == conditions.FALSE
+    assert waiting.condition.reason == "RolloutInProgress"
+    assert waiting.retry_after == reconcile.ROLLOUT_CHECK_SECONDS
+    assert ready.condition.status == conditions.TRUE
+    assert ready.condition.reason == "Available"
+    assert ready.retry_after is None
+
+
+def test_run_step_retries_rollout_in_progress(aws: Aws, body: dict[str, Any], settings: OperatorSettings) -> None:
+    runtime = Runtime(settings, aws_factory=lambda region: aws)
+    kube = MemoryKube()
+    status: dict[str, Any] = {}
+    for _, condition_type, work in handlers.STEPS[:2]:
+        patch = kopf.Patch()
+        handlers.run_step(runtime, condition_type, work, body, status, patch, _logger())
+        status = merge_patch(status, patch["status"])
+
+    def processor_in_memory(_: Runtime, pipeline: Any, owner: Mapping[str, Any], current: Mapping[str, Any]) -> Any:
+        return reconcile.processor_step(kube, pipeline, settings, owner, current)
+
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError) as raised:
+        handlers.run_step(runtime, conditions.PROCESSOR_READY, processor_in_memory, body, status, patch, _logger())
+
+    assert raised.value.delay == reconcile.ROLLOUT_CHECK_SECONDS
+    written = conditions.find(patch["status"]["conditions"], conditions.PROCESSOR_READY)
+    assert written is not None
+    assert written["reason"] == "RolloutInProgress"
+    assert patch["status"]["processor"]["replicas"] == 2, "the applied objects are recorded while the rollout runs"
+
+
 def test_processor_step_waits_for_role(body: dict[str, Any], settings: OperatorSettings) -> None:
     with pytest.raises(StepNotReadyError):
         reconcile.processor_step(MemoryKube(), reconcile.parse(body, settings), settings, body, {})

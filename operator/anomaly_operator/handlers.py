@@ -7,7 +7,8 @@ their own registry with their own settings. Each reconcile step (``streams``, ``
 kopf records each finished step, so an operator restarted in the middle of a creation
 resumes at the first unfinished step. Steps write their condition into status whether they
 succeed or fail; failures become ``kopf.TemporaryError`` or ``kopf.PermanentError`` as
-``errors.classify`` decides.
+``errors.classify`` decides. A step that asks to be checked again (the processor step while
+its Deployment rolls out) reports its condition and then raises ``kopf.TemporaryError``.
 
 Deletion never raises ``kopf.PermanentError``: kopf removes the finalizer after a permanent
 failure, and the resource must not disappear while roles or objects it owns are left.
@@ -171,6 +172,9 @@ def run_step(
     for change in outcome.changes:
         logger.info(change)
     report(patch, status, generation, [outcome.condition], outcome.status)
+    if outcome.retry_after is not None:
+        # kopf keeps the step unfinished and runs it again, so the condition follows the live state.
+        raise kopf.TemporaryError(outcome.condition.message, delay=outcome.retry_after)
     return outcome
 
 

@@ -165,3 +165,28 @@ def delete(kube: ObjectApi, namespace: str, refs: Iterable[Mapping[str, str]]) -
         if kube.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"]):
             changes.append(f"deleted {ref['kind']} {namespace}/{ref['name']}")
     return changes
+
+
+def rollout_progress(deployment: Mapping[str, Any]) -> tuple[bool, str]:
+    """Return whether a Deployment's rollout is complete, and a message saying how far it got.
+
+    The checks follow ``kubectl rollout status``: the Deployment controller has seen the
+    current spec, every replica runs the current pod template, no old replica is left,
+    and every replica is available.
+    """
+    metadata = deployment.get("metadata") or {}
+    status = deployment.get("status") or {}
+    desired = int((deployment.get("spec") or {}).get("replicas", 1))
+    observed = int(status.get("observedGeneration", 0))
+    updated = int(status.get("updatedReplicas", 0))
+    total = int(status.get("replicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    if observed < int(metadata.get("generation", 0)):
+        return False, "the Deployment controller has not seen the current spec yet"
+    if updated < desired:
+        return False, f"{updated} of {desired} replicas run the current pod template"
+    if total > updated:
+        return False, f"{total - updated} old replicas are still terminating"
+    if available < updated:
+        return False, f"{available} of {updated} replicas are available"
+    return True, f"{available} of {desired} replicas are available"

@@ -28,6 +28,8 @@ from anomaly_operator.settings import OperatorSettings
 
 # kopf's annotation holding the last spec it handled successfully.
 LAST_HANDLED_ANNOTATION: Final = "kopf.zalando.org/last-handled-configuration"
+# Seconds between checks of a rollout in progress; pods usually start within a minute (an estimate).
+ROLLOUT_CHECK_SECONDS: Final = 10.0
 
 
 class StepNotReadyError(RuntimeError):
@@ -41,6 +43,8 @@ class StepOutcome:
     condition: Condition
     status: dict[str, Any] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
+    # Seconds after which kopf runs the step again, for a condition that changes without a spec change.
+    retry_after: float | None = None
 
 
 def parse(body: Mapping[str, Any], settings: OperatorSettings) -> Pipeline:
@@ -208,16 +212,33 @@ def processor_step(
     changes += processor.delete(kube, pipeline.namespace, stale)
 
     replicas = processor.processor_replicas(open_shards, pipeline.max_replicas)
-    # NOTE: True means the objects are applied. It does not wait for the Deployment's pods to be available.
-    condition = Condition.true(
-        PROCESSOR_READY, "Applied", f"{len(objects)} objects applied, {replicas} replicas requested"
-    )
     processor_status = {
         "serviceAccount": processor.service_account_name(pipeline),
         "replicas": replicas,
         "objects": refs,
     }
-    return StepOutcome(condition, {"processor": processor_status}, changes)
+    condition, retry_after = _rollout_condition(kube, pipeline.namespace, objects)
+    return StepOutcome(condition, {"processor": processor_status}, changes, retry_after)
+
+
+def _rollout_condition(
+    kube: ObjectApi, namespace: str, objects: list[dict[str, Any]]
+) -> tuple[Condition, float | None]:
+    """Return ProcessorReady from the live Deployment, and the delay before checking again when it is not ready."""
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    name = deployment["metadata"]["name"]
+    live = kube.get(deployment["apiVersion"], "Deployment", namespace, name)
+    if live is None:
+        message = f"Deployment {namespace}/{name} was applied but was not found; the operator checks again"
+        return Condition.false(PROCESSOR_READY, "DeploymentMissing", message), ROLLOUT_CHECK_SECONDS
+    complete, progress = processor.rollout_progress(live)
+    if complete:
+        return Condition.true(PROCESSOR_READY, "Available", f"Deployment {namespace}/{name}: {progress}"), None
+    message = (
+        f"Deployment {namespace}/{name}: {progress}. If this lasts, "
+        f"run kubectl describe deployment {name} -n {namespace} and read its pods' events"
+    )
+    return Condition.false(PROCESSOR_READY, "RolloutInProgress", message), ROLLOUT_CHECK_SECONDS
 
 
 # Deletion
