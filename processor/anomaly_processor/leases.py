@@ -411,26 +411,33 @@ def plan_leases(
     this one. Each aims at the fair share rounded up. It requests a handoff only from a
     worker holding at least two more leases than itself, so that once stable no worker
     holds more than one lease above the fair share. ``busy`` shards still have a consumer
-    thread stopping here and are not taken yet.
+    thread stopping here and are not taken yet. Leases already in this worker's name are
+    always taken.
     """
     rng = rng or random.Random()  # noqa: S311 - spreads concurrent takers, not a secret
     held_set, busy_set = set(held), set(busy)
     readable = [lease for lease in leases.values() if not lease.ended and parents_done(lease, leases)]
     counts: Counter[str] = Counter()
+    assigned: list[Lease] = []
     free: list[Lease] = []
     for lease in readable:
         if lease.owner == me and lease.shard_id in held_set:
             counts[me] += 1
-        elif lease.owner is None or lease.owner == me or expired(lease):
-            if lease.shard_id not in busy_set:
-                free.append(lease)
+        elif lease.shard_id in busy_set:
+            continue
+        elif lease.owner == me:
+            assigned.append(lease)
+        elif lease.owner is None or expired(lease):
+            free.append(lease)
         else:
             counts[lease.owner] += 1
     workers = set(counts) | {lease.requested_by for lease in leases.values() if lease.requested_by} | {me}
     target = math.ceil(len(readable) / len(workers)) if readable else 0
     mine = counts[me]
     rng.shuffle(free)
-    take = free[: max(0, target - mine)]
+    # Leases in this worker's name (handed over, or from an earlier run with this id) are taken
+    # even above the fair share, because no other worker takes them before they expire.
+    take = assigned + free[: max(0, target - mine - len(assigned))]
     request = None
     already_requested = any(lease.requested_by == me for lease in leases.values())
     if not free and not already_requested:

@@ -302,8 +302,13 @@ class Worker:
             parent_ids=taken.parent_ids,
             starting_timestamp=taken.starting_timestamp,
         )
-        self._held[taken.shard_id] = held
         self._leases[taken.shard_id] = taken
+        if taken.ended:
+            # The previous owner read the shard to its end after this worker's table read. A checkpoint
+            # write leaves the counter alone, so the take succeeded, but there is nothing left to read.
+            self._release(held)
+            return
+        self._held[taken.shard_id] = held
         metrics.LEASES_TAKEN.labels(reason=reason).inc()
         log.info(
             "took lease",

@@ -92,6 +92,14 @@ def test_plan_takes_expired_and_own_leases() -> None:
     assert {taken.shard_id for taken in busy.take} == {"s1"}, "a shard whose consumer is still stopping waits"
 
 
+def test_plan_takes_own_leases_above_fair_share() -> None:
+    # "me" holds its fair share of 2 (6 leases, 3 workers), and a lease was handed over to it since.
+    table = {f"h{i}": lease(f"h{i}", "me") for i in range(2)} | {"given": lease("given", "me")}
+    table |= {"p0": lease("p0", "peer"), "p1": lease("p1", "peer"), "o0": lease("o0", "other")}
+    plan = plan_leases(table, "me", held=["h0", "h1"], expired=never_expired)
+    assert [taken.shard_id for taken in plan.take] == ["given"]
+
+
 def test_handoff_granted_only_to_worker_two_below() -> None:
     table = {f"s{i}": lease(f"s{i}", "me") for i in range(3)} | {"s3": lease("s3", "peer")}
     assert should_hand_off(table, "me", "newcomer", mine=3), "3 against 0"
@@ -419,6 +427,31 @@ def test_stopping_worker_releases_untaken_handoff(aws: Aws, example_pipeline: Pi
 
     assert table.scan()[shard_ids[0]].owner is None, "the lease waits for no expiry"
     assert worker.held_shards() == []
+
+
+@pytest.mark.e2e
+def test_take_of_lease_ended_meanwhile_releases_it(aws: Aws, example_pipeline: Pipeline) -> None:
+    pipeline = provisioned(aws, example_pipeline, 1)
+    dynamodb = aws.client("dynamodb")
+    table = LeaseTable(dynamodb, pipeline.checkpoint_table)
+    shard = aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
+    table.create(shard, ())
+    assert table.take(table.scan()[shard], "w0") is not None
+    worker = Worker(processor_config(pipeline, "w1"), aws.client("kinesis"), dynamodb)
+    stale = table.scan()[shard]
+
+    # w1 saw w0's lease expire, but w0 was only slow: it read the shard to its end after w1's table read.
+    CheckpointStore(dynamodb, pipeline.checkpoint_table, owner="w0").write(shard, Checkpoint(SHARD_END), None)
+    try:
+        worker._take(stale)
+        held = worker.held_shards()
+    finally:
+        worker.stop()
+        worker.run()
+
+    assert held == [], "no consumer starts on an ended shard"
+    assert table.scan()[shard].owner is None
+    assert table.scan()[shard].ended
 
 
 @pytest.mark.e2e
