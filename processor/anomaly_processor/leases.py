@@ -273,6 +273,31 @@ class LeaseTable:
         values = {":requester": {"S": requester}}
         return self._update(shard_id, "REMOVE #requested", "#requested = :requester", values) is not None
 
+    def end_unlisted(self, shard_id: str, seen: Checkpoint | None) -> bool:
+        """Mark a shard that left the stream as read to its end, if its checkpoint is still ``seen``."""
+        names = {"#checkpoint": "checkpoint", "#sub": "checkpointSubSequenceNumber"}
+        values: dict[str, Any] = {":end": {"S": SHARD_END}, ":zero": {"N": "0"}}
+        if seen is None:
+            condition = "attribute_not_exists(#checkpoint)"
+        else:
+            condition = "#checkpoint = :seen AND #sub = :seen_sub"
+            values[":seen"] = {"S": seen.sequence_number}
+            values[":seen_sub"] = {"N": str(seen.sub_sequence_number)}
+        try:
+            self._dynamodb.update_item(
+                TableName=self._table,
+                Key={KEY: {"S": shard_id}},
+                UpdateExpression="SET #checkpoint = :end, #sub = :zero",
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _conflict(error):
+                return False
+            raise
+        return True
+
     def delete_ended(self, shard_id: str) -> bool:
         """Delete the lease of a shard that was read to its end."""
         try:

@@ -35,6 +35,11 @@ LEASES_TAKEN: Final = Counter(
 LEASES_LOST: Final = Counter(
     "anomaly_processor_leases_lost", "Shard leases this worker found taken by another worker before it released them."
 )
+SHARDS_EXPIRED_UNREAD: Final = Counter(
+    "anomaly_processor_shards_expired_unread",
+    "Shards that left the stream's retention before they were read to their end; their unread records are lost.",
+    ["stream"],
+)
 MILLIS_BEHIND_LATEST: Final = Gauge(
     "anomaly_processor_millis_behind_latest",
     "MillisBehindLatest of the last GetRecords, per shard this worker holds.",

@@ -52,6 +52,9 @@ DISCOVERY_INTERVAL_SECONDS: Final = 5.0
 RESTART_DELAY_SECONDS: Final = 2.0
 # Repeated failures of one lease-loop step are logged on the first and then every this many.
 LOG_EVERY_FAILURES: Final = 10
+# Listings in a row that must lack a shard before its unfinished lease is ended, so that one
+# listing that missed a shard cannot end it.
+UNLISTED_LISTINGS_BEFORE_END: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,8 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._restart_at: dict[str, float] = {}
         self._next_discovery = float("-inf")
+        # Shards with an unfinished lease that the last listings lacked, and how many listings in a row.
+        self._unlisted: dict[str, int] = {}
         self._failures: dict[str, int] = {}
         self._context = {"stream": config.input_stream}
 
@@ -205,10 +210,40 @@ class Worker:
                     extra={**self._context, "shard": shard.shard_id, "parents": list(shard.parent_ids)},
                 )
         listed = {shard.shard_id for shard in shards}
+        self._unlisted = {shard: count for shard, count in self._unlisted.items() if shard not in listed}
         for lease in self._leases.values():
+            if lease.shard_id in listed:
+                continue
             # A shard that ended and left the stream's retention needs its lease no more.
-            if lease.ended and lease.shard_id not in listed and self._table.delete_ended(lease.shard_id):
+            if lease.ended and self._table.delete_ended(lease.shard_id):
                 log.info("deleted lease of a shard past retention", extra={**self._context, "shard": lease.shard_id})
+            elif not lease.ended:
+                self._end_unlisted(lease)
+
+    def _end_unlisted(self, lease: Lease) -> None:
+        """End the lease of a shard that left the stream before it was read to its end.
+
+        Kinesis lists a shard until its records leave the retention period, so its unread
+        records are gone. Ending the lease lets its child shards be read, which would
+        otherwise wait for it forever. Two listings in a row must lack the shard first.
+        """
+        missing = self._unlisted.get(lease.shard_id, 0) + 1
+        self._unlisted[lease.shard_id] = missing
+        if missing < UNLISTED_LISTINGS_BEFORE_END or not self._table.end_unlisted(lease.shard_id, lease.checkpoint):
+            return
+        del self._unlisted[lease.shard_id]
+        metrics.SHARDS_EXPIRED_UNREAD.labels(stream=self.config.input_stream).inc()
+        log.error(
+            "shard left the stream's retention before it was read to its end, so its records after the checkpoint"
+            " are lost. The processor was stopped or behind for longer than the retention period. Raise"
+            " spec.input.retentionHours, or alert on anomaly_processor_millis_behind_latest",
+            extra={
+                **self._context,
+                "shard": lease.shard_id,
+                "owner": lease.owner,
+                "checkpoint": lease.checkpoint.sequence_number if lease.checkpoint else None,
+            },
+        )
 
     def _renew_due(self) -> None:
         now = self._clock()

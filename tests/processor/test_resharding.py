@@ -20,11 +20,16 @@ import pytest
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.provisioning import provision, reconcile_shard_count
 from anomaly_pipeline.spec import Pipeline
+from anomaly_processor.leases import LeaseTable
 
 from tests.processor.lease_harness import (
+    anomaly_ids,
+    events,
+    forwarded_ids,
     kinesalite_pipeline,
     leases,
     open_shards,
+    put_events,
     read_stream,
     running_workers,
     wait_for,
@@ -211,3 +216,32 @@ def test_update_shard_count_leases_new_shards(moto_endpoint: str, example_pipeli
     children = {shard for shard, ids in parents.items() if ids}
     assert children
     assert not children & set(held), "no child is read before its parents end"
+
+
+def test_parent_past_retention_unblocks_children(moto_endpoint: str, example_pipeline: Pipeline) -> None:
+    aws = Aws("eu-west-1", endpoint_url=moto_endpoint)
+    pipeline = dataclasses.replace(example_pipeline, input=dataclasses.replace(example_pipeline.input, shard_count=1))
+    provision(aws, pipeline)
+    kinesis = aws.client("kinesis")
+    child = kinesis.list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
+    # The processor was stopped longer than the retention period across a reshard: the parent's lease
+    # was never read to its end, and Kinesis no longer lists the parent.
+    expired_parent = "shardId-000000000099"
+    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
+    table.create(expired_parent, ())
+    table.create(child, (expired_parent,))
+    batch = events("after", 30)
+    put_events(kinesis, pipeline.input.name, batch)
+
+    with running_workers(aws, pipeline, "w1"):
+        wait_for(
+            lambda: sorted(forwarded_ids(kinesis, pipeline.output.name)) == sorted(anomaly_ids(batch)),
+            20,
+            "the child's anomalies",
+            details=lambda: f"leases now: {leases(aws, pipeline)}",
+        )
+        wait_for(
+            lambda: expired_parent not in leases(aws, pipeline),
+            10,
+            "the ended lease of the expired_parent parent to be deleted",
+        )
