@@ -33,10 +33,15 @@ _AggregatedRecord = _deaggregator.messages_pb2.AggregatedRecord
 
 MAGIC: Final[bytes] = aws_kinesis_agg.MAGIC
 DIGEST_SIZE: Final[int] = aws_kinesis_agg.DIGEST_SIZE
+# PutRecords' maximum partition key length, in characters; the minimum is 1 (botocore's
+# Kinesis service model). Kinesis rejects a forward with a longer key on every retry.
+# NOTE: len() counts code points. Whether Kinesis counts a character outside the Basic
+# Multilingual Plane as one character or as two UTF-16 code units is not checked.
+MAX_PARTITION_KEY_LENGTH: Final = 256
 
 
 class CorruptAggregateError(ValueError):
-    """A record with the KPL magic prefix whose digest, protobuf body or key index is invalid."""
+    """A record with the KPL magic prefix whose digest, protobuf body, key index or partition key is invalid."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +62,10 @@ def deaggregate(data: bytes) -> list[UserRecord]:
     """Return the user records of an aggregated record, in order, numbered from 0.
 
     Raises CorruptAggregateError when the digest does not match, the protobuf body
-    cannot be parsed, or a user record names a partition key that the table lacks.
+    cannot be parsed, or a user record names a partition key or explicit hash key that
+    the table lacks. It also raises when a user record's partition key is one that
+    PutRecords rejects. Each anomalous user record is forwarded with its own partition
+    key, so one invalid key would make the forward fail on every retry and block the shard.
     """
     if not is_aggregated(data):
         raise CorruptAggregateError("record does not start with the KPL magic prefix")
@@ -79,6 +87,7 @@ def deaggregate(data: bytes) -> list[UserRecord]:
         raise CorruptAggregateError(f"aggregate body is not an AggregatedRecord: missing required {missing}")
 
     keys = aggregate.partition_key_table
+    hash_key_count = len(aggregate.explicit_hash_key_table)
     records: list[UserRecord] = []
     for number, record in enumerate(aggregate.records):
         index = record.partition_key_index
@@ -86,5 +95,28 @@ def deaggregate(data: bytes) -> list[UserRecord]:
             raise CorruptAggregateError(
                 f"user record {number} names partition key {index}, but the table has {len(keys)} keys"
             )
-        records.append(UserRecord(record.data, keys[index], number))
+        key: str | bytes = keys[index]
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_PARTITION_KEY_LENGTH:
+            raise CorruptAggregateError(f"user record {number} has {_describe_invalid_partition_key(key)}")
+        # The processor does not use explicit hash keys, but an index outside the table
+        # means that the producer wrote the aggregate wrongly.
+        if record.HasField("explicit_hash_key_index") and record.explicit_hash_key_index >= hash_key_count:
+            raise CorruptAggregateError(
+                f"user record {number} names explicit hash key {record.explicit_hash_key_index}, "
+                f"but the table has {hash_key_count} keys"
+            )
+        records.append(UserRecord(record.data, key, number))
     return records
+
+
+def _describe_invalid_partition_key(key: str | bytes) -> str:
+    """Describe why PutRecords would reject ``key``.
+
+    protobuf 7.36 with the upb runtime returns a string field as ``bytes`` when its bytes
+    are not valid UTF-8.
+    """
+    if isinstance(key, bytes):
+        return f"a partition key of {len(key)} bytes that is not valid UTF-8"
+    if not key:
+        return "an empty partition key"
+    return f"a partition key of {len(key)} characters, but Kinesis allows at most {MAX_PARTITION_KEY_LENGTH}"

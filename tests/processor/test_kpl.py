@@ -6,9 +6,22 @@ import hashlib
 from datetime import UTC, datetime
 
 import pytest
+from anomaly_processor.detector import FixedDetectors, RuleDetector
+from anomaly_processor.events import EventDecoder, Malformed, MalformedReason
+from anomaly_processor.forwarder import Entry
 from anomaly_processor.kpl import DIGEST_SIZE, MAGIC, CorruptAggregateError, UserRecord, deaggregate, is_aggregated
+from anomaly_processor.rules import parse_rule_set
+from anomaly_processor.selection import select_anomalies
 from aws_kinesis_agg.aggregator import RecordAggregator
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records, messages_pb2
+
+from tests.processor.consumer_fakes import ARRIVAL, kinesis_record
+
+ANOMALY = b'{"transaction_amount": 150}'
+DECODE = EventDecoder(("transaction_amount",)).decode
+DETECTORS = FixedDetectors(
+    RuleDetector(parse_rule_set({"conditions": [{"field": "transaction_amount", "op": "gt", "value": 100}]}), "rules")
+)
 
 
 def aggregate(*user_records: tuple[str, bytes]) -> bytes:
@@ -114,3 +127,116 @@ def test_key_index_out_of_range_is_corrupt() -> None:
     second.data = b'{"a":2}'
     with pytest.raises(CorruptAggregateError, match="partition key 3"):
         deaggregate(framed(message.SerializeToString()))
+
+
+def two_user_records(first_key: str, second_key: str) -> messages_pb2.AggregatedRecord:
+    """Build an aggregate of two anomalous user records, each with its own partition key."""
+    message = messages_pb2.AggregatedRecord()
+    message.partition_key_table.extend([first_key, second_key])
+    for index in range(2):
+        record = message.records.add()
+        record.partition_key_index = index
+        record.data = ANOMALY
+    return message
+
+
+def judge(data: bytes) -> tuple[list[Entry], list[Malformed]]:
+    """Run one input record with partition key "outer" through the per-record path."""
+    return select_anomalies([kinesis_record(1, data, "outer")], DECODE, DETECTORS)
+
+
+def corrupt_aggregate(data: bytes, detail: str) -> Malformed:
+    """Return the malformed record that a corrupt aggregate read by ``judge`` must become."""
+    return Malformed(
+        kinesis_record(1, data)["SequenceNumber"],
+        MalformedReason.CORRUPT_AGGREGATE,
+        data,
+        "outer",
+        ARRIVAL,
+        None,
+        detail,
+    )
+
+
+def test_aggregate_with_non_utf8_partition_key_is_malformed() -> None:
+    # protobuf's setters accept only valid UTF-8, so the key's bytes are swapped in after
+    # serializing. The placeholder has the same length, so the field's length prefix stays right.
+    body = two_user_records("card-1", "card-?").SerializeToString()
+    assert body.count(b"card-?") == 1
+    data = framed(body.replace(b"card-?", b"card-\xff"))
+
+    entries, malformed = judge(data)
+
+    assert entries == []
+    assert malformed == [
+        corrupt_aggregate(data, "user record 1 has a partition key of 6 bytes that is not valid UTF-8")
+    ]
+
+
+def test_aggregate_with_empty_partition_key_is_malformed() -> None:
+    data = framed(two_user_records("card-1", "").SerializeToString())
+
+    entries, malformed = judge(data)
+
+    assert entries == []
+    assert malformed == [corrupt_aggregate(data, "user record 1 has an empty partition key")]
+
+
+def test_aggregate_with_257_character_partition_key_is_malformed() -> None:
+    data = framed(two_user_records("card-1", "k" * 257).SerializeToString())
+
+    entries, malformed = judge(data)
+
+    assert entries == []
+    expected = "user record 1 has a partition key of 257 characters, but Kinesis allows at most 256"
+    assert malformed == [corrupt_aggregate(data, expected)]
+
+
+def test_partition_key_of_256_characters_is_kept() -> None:
+    # 256 characters of two UTF-8 bytes each: the limit counts characters, not bytes.
+    key = "é" * 256
+    data = framed(two_user_records("card-1", key).SerializeToString())
+
+    entries, malformed = judge(data)
+
+    assert malformed == []
+    assert [entry.partition_key for entry in entries] == ["card-1", key]
+
+
+def test_explicit_hash_key_index_out_of_range_is_malformed() -> None:
+    message = two_user_records("card-1", "card-2")
+    message.explicit_hash_key_table.append("170141183460469231731687303715884105728")
+    message.records[0].explicit_hash_key_index = 0
+    message.records[1].explicit_hash_key_index = 1
+    data = framed(message.SerializeToString())
+
+    entries, malformed = judge(data)
+
+    assert entries == []
+    expected = "user record 1 names explicit hash key 1, but the table has 1 keys"
+    assert malformed == [corrupt_aggregate(data, expected)]
+
+
+def test_explicit_hash_key_index_without_table_is_malformed() -> None:
+    message = two_user_records("card-1", "card-2")
+    message.records[1].explicit_hash_key_index = 0
+    data = framed(message.SerializeToString())
+
+    entries, malformed = judge(data)
+
+    assert entries == []
+    expected = "user record 1 names explicit hash key 0, but the table has 0 keys"
+    assert malformed == [corrupt_aggregate(data, expected)]
+
+
+def test_explicit_hash_keys_in_table_are_accepted() -> None:
+    aggregator = RecordAggregator()
+    assert aggregator.add_user_record("card-1", ANOMALY, explicit_hash_key="0") is None
+    assert aggregator.add_user_record("card-2", ANOMALY) is None
+    packed = aggregator.clear_and_get()
+    assert packed is not None
+
+    assert deaggregate(bytes(packed.get_contents()[2])) == [
+        UserRecord(ANOMALY, "card-1", 0),
+        UserRecord(ANOMALY, "card-2", 1),
+    ]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 
 import pytest
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.demo import read_whole_stream
 from anomaly_pipeline.provisioning import provision
-from anomaly_pipeline.spec import Pipeline
+from anomaly_pipeline.spec import Pipeline, StreamSpec
 from anomaly_processor.checkpoint import Checkpoint, CheckpointStore
+from anomaly_processor.kpl import MAGIC
 from anomaly_processor.leases import LeaseTable
 from aws_kinesis_agg.aggregator import RecordAggregator
+from aws_kinesis_agg.deaggregator import messages_pb2
 
 from tests.worker_harness import running_worker, wait_for
 
@@ -162,3 +166,35 @@ def test_corrupt_aggregate_is_malformed(aws: Aws, pipeline: Pipeline) -> None:
 
     assert forwarded(aws, pipeline) == [(after, "card-2")]
     assert worker.finished[only_shard(aws, pipeline)].malformed == 1
+
+
+def test_non_utf8_partition_key_does_not_block_shard(aws: Aws, pipeline: Pipeline) -> None:
+    """The aggregate is dead-lettered whole under its outer partition key, and the record after it is forwarded."""
+    with_dead_letters = dataclasses.replace(pipeline, dead_letter=StreamSpec("dead-default-payments", 1))
+    provision(aws, with_dead_letters)
+    message = messages_pb2.AggregatedRecord()
+    message.partition_key_table.extend(["card-1", "card-?"])
+    for index in range(2):
+        user = message.records.add()
+        user.partition_key_index = index
+        user.data = event(f"u{index}", "150")
+    # protobuf's setters accept only valid UTF-8, so the key's bytes are swapped in after
+    # serializing. The placeholder has the same length, so the field's length prefix stays right.
+    body = message.SerializeToString().replace(b"card-?", b"card-\xff")
+    corrupt = MAGIC + body + hashlib.md5(body).digest()
+    corrupt_sequence = put(aws, pipeline.input.name, corrupt, "agg")
+    after = event("p1", "150")
+    after_sequence = put(aws, pipeline.input.name, after, "card-2")
+
+    with running_worker(aws, with_dead_letters, "kpl-test") as worker:
+        settle(aws, pipeline, 1)
+
+    assert forwarded(aws, pipeline) == [(after, "card-2")]
+    assert worker.finished[only_shard(aws, pipeline)].malformed == 1
+    assert checkpoint(aws, pipeline) == Checkpoint(after_sequence, 0)
+    letters = [json.loads(r["Data"]) for r in read_whole_stream(aws.client("kinesis"), "dead-default-payments")]
+    assert len(letters) == 1
+    assert letters[0]["sequenceNumber"] == corrupt_sequence
+    assert letters[0]["partitionKey"] == "agg"
+    assert letters[0]["reason"] == "corrupt_aggregate"
+    assert letters[0]["detail"] == "user record 1 has a partition key of 6 bytes that is not valid UTF-8"
