@@ -399,10 +399,15 @@ class Worker:
         config = self.config
         checkpoint = held.checkpoint
         # A child's records follow its parents', so it is read from its start whatever the configured position.
-        known_parent = any(parent in self._leases for parent in held.parent_ids)
-        position = "TRIM_HORIZON" if known_parent else config.starting_position
+        parents = [self._leases[parent] for parent in held.parent_ids if parent in self._leases]
+        position = "TRIM_HORIZON" if parents else config.starting_position
         timestamp = None
-        if checkpoint is None and position == "LATEST":
+        parent_starts = [parent.starting_timestamp for parent in parents if parent.starting_timestamp is not None]
+        if checkpoint is None and parent_starts and config.starting_position == "LATEST":
+            # The parents began at LATEST, so the child's records written before then (a reshard before
+            # the first deploy) are as unwanted as the parents' were.
+            position, timestamp = "AT_TIMESTAMP", min(parent_starts)
+        elif checkpoint is None and position == "LATEST":
             # LATEST means "from when the shard was first leased", so that a holder that dies before its
             # first checkpoint does not make its successor skip what was written in between.
             timestamp = self._starting_timestamp(held)

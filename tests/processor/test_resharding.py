@@ -20,6 +20,7 @@ import pytest
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.provisioning import provision, reconcile_shard_count
 from anomaly_pipeline.spec import Pipeline
+from anomaly_processor.checkpoint import SHARD_END, Checkpoint, CheckpointStore
 from anomaly_processor.leases import LeaseTable
 
 from tests.processor.lease_harness import (
@@ -32,6 +33,7 @@ from tests.processor.lease_harness import (
     put_events,
     read_stream,
     running_workers,
+    wait_active,
     wait_for,
 )
 from tests.tools.kinesalite import run_kinesalite
@@ -187,6 +189,41 @@ def test_merge_child_read_after_both_parents(split_aws: Aws, example_pipeline: P
     assert table[second].ended
     (child,) = [lease for lease in table.values() if lease.parent_ids]
     assert set(child.parent_ids) == {first, second}
+
+
+def test_latest_start_skips_children_records_from_before(split_aws: Aws, example_pipeline: Pipeline) -> None:
+    created = kinesalite_pipeline(split_aws, example_pipeline, "latest-split", 1)
+    pipeline = dataclasses.replace(created, input=dataclasses.replace(created.input, starting_position="LATEST"))
+    kinesis = split_aws.client("kinesis")
+    parent = open_shards(kinesis, pipeline.input.name)[0]["ShardId"]
+    hash_range = open_shards(kinesis, pipeline.input.name)[0]["HashKeyRange"]
+    middle = (int(hash_range["StartingHashKey"]) + int(hash_range["EndingHashKey"])) // 2
+    kinesis.split_shard(StreamName=pipeline.input.name, ShardToSplit=parent, NewStartingHashKey=str(middle))
+    wait_active(kinesis, pipeline.input.name)
+    put_events(kinesis, pipeline.input.name, events("before", 30))
+    time.sleep(1.0)  # keep the start clear of the arrival timestamps above
+    started = round(time.time(), 3)  # stored with millisecond precision
+    after = events("after", 30)
+    put_events(kinesis, pipeline.input.name, after)
+
+    # A first worker started at LATEST, read the parent to its end and stopped before the children.
+    # (kinesalite never responds to an AT_TIMESTAMP iterator request past a shard's last record, so the
+    # parent cannot be read at LATEST here.)
+    table = LeaseTable(split_aws.client("dynamodb"), pipeline.checkpoint_table)
+    table.create(parent, ())
+    taken = table.take(table.scan()[parent], "w0")
+    assert taken is not None
+    assert table.fix_starting_timestamp(parent, "w0", started) == started
+    CheckpointStore(split_aws.client("dynamodb"), pipeline.checkpoint_table, owner="w0").write(
+        parent, Checkpoint(SHARD_END), None
+    )
+    assert table.release(parent, "w0", taken.counter)
+
+    with running_workers(split_aws, pipeline, "w1"):
+        wait_for(lambda: set(forwarded_ids(kinesis, pipeline.output.name)) >= anomaly_ids(after), 20, "new anomalies")
+        time.sleep(1.0)  # past the last batch, so a record from before the start would show up
+
+    assert sorted(forwarded_ids(kinesis, pipeline.output.name)) == sorted(anomaly_ids(after))
 
 
 def test_update_shard_count_leases_new_shards(moto_endpoint: str, example_pipeline: Pipeline) -> None:
