@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -81,6 +82,29 @@ def make_clients(
     return kinesis, dynamodb
 
 
+def install_stop_handler(worker: Worker) -> Callable[[int, FrameType | None], None]:
+    """Make SIGTERM and SIGINT stop ``worker``; return the handler installed for both."""
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        # The main thread may hold the stop event's lock inside Event.wait() when this runs, so another thread stops.
+        # That thread is a daemon because, on CPython 3.11, starting a non-daemon one waits for a lock join() takes.
+        name = f"stop-on-{signal.Signals(signum).name}"
+        threading.Thread(target=stop_worker, args=(worker, signum), name=name, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return request_stop
+
+
+def stop_worker(worker: Worker, signum: int) -> None:
+    """Log the stop request for signal ``signum``, then ask ``worker`` to stop."""
+    log.info(
+        "stop requested; finishing the batches in flight, then releasing the leases",
+        extra={"signal": signal.Signals(signum).name},
+    )
+    worker.stop()
+
+
 def run(
     config: ProcessorConfig,
     session: boto3.session.Session | None = None,
@@ -116,15 +140,7 @@ def run(
         stop_reloading.set()
         return 1
 
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info(
-            "stop requested; finishing the batches in flight, then releasing the leases",
-            extra={"signal": signal.Signals(signum).name},
-        )
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    install_stop_handler(worker)
     try:
         worker.run()
     finally:
