@@ -44,10 +44,19 @@ COUNTER: Final = "leaseCounter"
 PARENTS: Final = "parentShardIds"
 REQUESTED_BY: Final = "leaseRequestedBy"
 STARTING_TIMESTAMP: Final = "startingTimestamp"
+# The holder's lease duration, so that workers configured with a shorter one (during a rollout
+# that changes it) do not take a lease that its holder still renews on a longer schedule.
+DURATION: Final = "leaseDurationSeconds"
 
 ENV_LEASE_DURATION: Final = "ANOMALY_PROCESSOR_LEASE_DURATION_SECONDS"
 
-_NAMES: Final = {"#owner": OWNER, "#counter": COUNTER, "#requested": REQUESTED_BY, "#start": STARTING_TIMESTAMP}
+_NAMES: Final = {
+    "#owner": OWNER,
+    "#counter": COUNTER,
+    "#requested": REQUESTED_BY,
+    "#start": STARTING_TIMESTAMP,
+    "#duration": DURATION,
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,8 @@ class Lease:
     parent_ids: tuple[str, ...] = ()
     requested_by: str | None = None
     starting_timestamp: float | None = None
+    # The lease duration of the worker that took it last, in seconds, when that worker recorded one.
+    duration: float | None = None
 
     @property
     def ended(self) -> bool:
@@ -124,6 +135,7 @@ def lease_of(item: Mapping[str, Any]) -> Lease:
     requested = item.get(REQUESTED_BY, {}).get("S")
     parents = tuple(value["S"] for value in item.get(PARENTS, {}).get("L", []))
     start = item.get(STARTING_TIMESTAMP, {}).get("N")
+    duration = item.get(DURATION, {}).get("N")
     return Lease(
         shard_id=item[KEY]["S"],
         owner=owner,
@@ -132,6 +144,7 @@ def lease_of(item: Mapping[str, Any]) -> Lease:
         parent_ids=parents,
         requested_by=requested,
         starting_timestamp=float(start) if start is not None else None,
+        duration=float(duration) if duration is not None else None,
     )
 
 
@@ -182,21 +195,22 @@ class LeaseTable:
             raise
         return True
 
-    def take(self, lease: Lease, owner: str) -> Lease | None:
-        """Make ``owner`` the holder if the lease is still as ``lease`` shows; return the new item."""
+    def take(self, lease: Lease, owner: str, duration: float | None = None) -> Lease | None:
+        """Make ``owner`` the holder if the lease is still as ``lease`` shows; return the new item.
+
+        ``duration`` records the new holder's lease duration, in seconds, for other workers' expiry.
+        """
         values: dict[str, Any] = {":me": {"S": owner}, ":seen": {"N": str(lease.counter)}, ":one": {"N": "1"}}
         if lease.owner is None:
             condition = "attribute_not_exists(#owner) AND #counter = :seen"
         else:
             condition = "#owner = :previous AND #counter = :seen"
             values[":previous"] = {"S": lease.owner}
-        response = self._update(
-            lease.shard_id,
-            "SET #owner = :me, #counter = #counter + :one REMOVE #requested",
-            condition,
-            values,
-            return_item=True,
-        )
+        update = "SET #owner = :me, #counter = #counter + :one"
+        if duration is not None:
+            update += ", #duration = :duration"
+            values[":duration"] = {"N": str(duration)}
+        response = self._update(lease.shard_id, f"{update} REMOVE #requested", condition, values, return_item=True)
         return lease_of(response["Attributes"]) if response is not None else None
 
     def renew(self, shard_id: str, owner: str, counter: int) -> int | None:
@@ -359,11 +373,14 @@ class ExpiryClock:
         self._seen = seen
 
     def expired(self, lease: Lease) -> bool:
-        """Tell whether ``lease`` has an owner whose counter stood still for the whole duration."""
+        """Tell whether ``lease`` has an owner whose counter stood still for the whole duration.
+
+        The duration is this worker's or the holder's recorded one, whichever is longer.
+        """
         seen = self._seen.get(lease.shard_id)
         if lease.owner is None or seen is None or seen[:2] != (lease.owner, lease.counter):
             return False
-        return self._clock() - seen[2] >= self._duration
+        return self._clock() - seen[2] >= max(self._duration, lease.duration or 0.0)
 
 
 @dataclass

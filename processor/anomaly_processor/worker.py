@@ -324,7 +324,7 @@ class Worker:
         else:
             reason = "expired"
         sent = self._clock()
-        taken = self._table.take(lease, self.worker_id)
+        taken = self._table.take(lease, self.worker_id, self.lease_settings.duration)
         if taken is None:
             return  # another worker took it first
         held = HeldLease(

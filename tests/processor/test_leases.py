@@ -107,6 +107,18 @@ def test_handoff_granted_only_to_worker_two_below() -> None:
     assert not should_hand_off(table, "me", "peer", mine=2), "2 against 1 is already even"
 
 
+def test_expiry_waits_for_holders_longer_duration() -> None:
+    now = [100.0]
+    clock = ExpiryClock(10.0, clock=lambda: now[0])
+    # The holder runs with a 60 s lease and renews every 12 s, as during a rollout that shortens it.
+    held = lease("s0", "old-pod", counter=5, duration=60.0)
+    clock.observe({"s0": held})
+    now[0] += 11.0
+    assert not clock.expired(held)
+    now[0] += 49.0
+    assert clock.expired(held)
+
+
 def test_expiry_counts_from_last_counter_change() -> None:
     now = [100.0]
     clock = ExpiryClock(3.0, clock=lambda: now[0])
@@ -165,6 +177,7 @@ def test_lease_item_holds_owner_counter_and_checkpoint(aws: Aws, example_pipelin
     for shard, item in first.items():
         assert item.owner == "w1"
         assert item.parent_ids == ()
+        assert item.duration == FAST_LEASES.duration, "the holder records its lease duration"
         assert later[shard].counter > item.counter, "the holder renews by incrementing the counter"
     assert all(item.checkpoint is not None for item in later.values()), "both shards received events"
     released = leases(aws, pipeline)
