@@ -310,21 +310,21 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         yield running
 
 
-def operator_settings() -> OperatorSettings:
+def operator_settings(verify_interval: float = VERIFY_INTERVAL_SECONDS) -> OperatorSettings:
     return OperatorSettings(
         oidc_issuer="https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE0123456789",
         account_id="123456789012",
         region=REGION,
         helm=str(helm_binary()),
         processor_image="registry.example/anomaly-processor:0.1.0",
-        verify_interval_seconds=VERIFY_INTERVAL_SECONDS,
+        verify_interval_seconds=verify_interval,
     )
 
 
-def running_operator() -> KopfRunner:
+def running_operator(verify_interval: float = VERIFY_INTERVAL_SECONDS) -> KopfRunner:
     """Return a KopfRunner for a fresh registry holding the operator's handlers."""
     registry = kopf.OperatorRegistry()
-    register(registry, operator_settings())
+    register(registry, operator_settings(verify_interval))
     settings = kopf.OperatorSettings()
     settings.watching.reconnect_backoff = 0.5
     return KopfRunner(
@@ -392,7 +392,8 @@ def test_example_becomes_ready(cluster: Cluster, aws_endpoint: str) -> None:
 def test_unavailable_pods_keep_pipeline_unready(cluster: Cluster, aws_endpoint: str) -> None:
     cluster.server.pods_start = False
     deployment_path = collection_path("apps/v1/deployments") + "/payments-anomaly-processor"
-    with running_operator() as runner:
+    # The drift timer re-runs every step, so it is kept out of the way: only the rollout timer may report the pods.
+    with running_operator(verify_interval=600.0) as runner:
         apply_pipeline(cluster, example())
         waiting = wait_for(
             lambda: (
@@ -418,6 +419,27 @@ def test_unavailable_pods_keep_pipeline_unready(cluster: Cluster, aws_endpoint: 
         == "Deployment default/payments-anomaly-processor: 2 of 2 replicas are available"
     )
     assert runner.exit_code == 0
+
+
+def test_spec_change_applies_while_pods_unavailable(cluster: Cluster, aws_endpoint: str) -> None:
+    cluster.server.pods_start = False
+    with running_operator():
+        apply_pipeline(cluster, example())
+        wait_for(lambda: condition(pipeline(cluster), "ProcessorReady").get("reason") == "RolloutInProgress", "rollout")
+        cluster.request("PATCH", f"{PIPELINES}/payments", {"spec": {"input": {"shardCount": 3}}}, MERGE_PATCH)
+        resized = wait_for(
+            lambda: (
+                (found := pipeline(cluster))
+                and found["status"].get("shardCount") == 3
+                and found["status"].get("observedGeneration") == found["metadata"]["generation"]
+                and found
+            ),
+            "every step to handle the new generation while the pods never start",
+        )
+
+    assert condition(resized, "StreamsReady")["status"] == "True"
+    assert condition(resized, "ProcessorReady")["reason"] == "RolloutInProgress"
+    assert condition(resized, "Ready")["status"] == "False"
 
 
 def test_restart_recreates_nothing(cluster: Cluster, aws_endpoint: str) -> None:

@@ -309,33 +309,39 @@ def test_processor_step_ready_only_when_pods_available(
 
     assert waiting.condition.status == conditions.FALSE
     assert waiting.condition.reason == "RolloutInProgress"
-    assert waiting.retry_after == reconcile.ROLLOUT_CHECK_SECONDS
     assert ready.condition.status == conditions.TRUE
     assert ready.condition.reason == "Available"
-    assert ready.retry_after is None
 
 
-def test_run_step_retries_rollout_in_progress(aws: Aws, body: dict[str, Any], settings: OperatorSettings) -> None:
-    runtime = Runtime(settings, aws_factory=lambda region: aws)
+def test_rollout_timer_follows_pods_after_step(aws: Aws, body: dict[str, Any], settings: OperatorSettings) -> None:
     kube = MemoryKube()
-    status: dict[str, Any] = {}
-    for _, condition_type, work in handlers.STEPS[:2]:
-        patch = kopf.Patch()
-        handlers.run_step(runtime, condition_type, work, body, status, patch, _logger())
-        status = merge_patch(status, patch["status"])
-
-    def processor_in_memory(_: Runtime, pipeline: Any, owner: Mapping[str, Any], current: Mapping[str, Any]) -> Any:
-        return reconcile.processor_step(kube, pipeline, settings, owner, current)
+    status = reconcile_all(aws, kube, body, settings)
+    outcome = reconcile.processor_step(kube, reconcile.parse(body, settings), settings, body, status)
+    status["conditions"] = conditions.merge([], [outcome.condition], 1)
+    handled = copy.deepcopy(body)
+    handled["metadata"]["annotations"] = {reconcile.LAST_HANDLED_ANNOTATION: json.dumps({"spec": body["spec"]})}
+    live = kube.find("Deployment")[0]
+    live["status"] = {"observedGeneration": 0, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
 
     patch = kopf.Patch()
-    with pytest.raises(kopf.TemporaryError) as raised:
-        handlers.run_step(runtime, conditions.PROCESSOR_READY, processor_in_memory, body, status, patch, _logger())
+    handlers.follow_rollout(kube, handled, status, patch, _logger())
 
-    assert raised.value.delay == reconcile.ROLLOUT_CHECK_SECONDS
     written = conditions.find(patch["status"]["conditions"], conditions.PROCESSOR_READY)
     assert written is not None
-    assert written["reason"] == "RolloutInProgress"
-    assert patch["status"]["processor"]["replicas"] == 2, "the applied objects are recorded while the rollout runs"
+    assert written["status"] == conditions.TRUE
+    assert written["message"] == "Deployment default/payments-anomaly-processor: 2 of 2 replicas are available"
+
+
+def test_rollout_timer_waits_for_handlers(aws: Aws, body: dict[str, Any], settings: OperatorSettings) -> None:
+    kube = MemoryKube()
+    status = reconcile_all(aws, kube, body, settings)
+    kube.calls.clear()
+
+    patch = kopf.Patch()
+    handlers.follow_rollout(kube, body, status, patch, _logger())
+
+    assert kube.calls == [], "nothing is read while kopf still handles the spec"
+    assert "status" not in patch
 
 
 def test_processor_step_waits_for_role(body: dict[str, Any], settings: OperatorSettings) -> None:

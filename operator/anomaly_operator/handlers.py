@@ -7,8 +7,9 @@ their own registry with their own settings. Each reconcile step (``streams``, ``
 kopf records each finished step, so an operator restarted in the middle of a creation
 resumes at the first unfinished step. Steps write their condition into status whether they
 succeed or fail; failures become ``kopf.TemporaryError`` or ``kopf.PermanentError`` as
-``errors.classify`` decides. A step that asks to be checked again (the processor step while
-its Deployment rolls out) reports its condition and then raises ``kopf.TemporaryError``.
+``errors.classify`` decides. The processor step finishes once its objects are applied. The
+``rollout`` timer then keeps ProcessorReady in step with the Deployment's pods, so a rollout
+that never completes does not hold back later spec changes.
 
 Deletion never raises ``kopf.PermanentError``: kopf removes the finalizer after a permanent
 failure, and the resource must not disappear while roles or objects it owns are left.
@@ -30,13 +31,15 @@ from anomaly_pipeline.spec import API_GROUP, Pipeline, SpecError
 from anomaly_operator import conditions, reconcile
 from anomaly_operator.conditions import IAM_READY, PROCESSOR_READY, READY, STREAMS_READY, Condition
 from anomaly_operator.errors import classify
-from anomaly_operator.kube import KubeClient, connection_info, load_configuration
+from anomaly_operator.kube import KubeClient, ObjectApi, connection_info, load_configuration
 from anomaly_operator.reconcile import StepNotReadyError, StepOutcome
 from anomaly_operator.settings import OperatorSettings, SettingsError, verify_interval_from_env
 
 FINALIZER: Final = f"{API_GROUP}/finalizer"
 STEP_NOT_READY_DELAY_SECONDS: Final = 5.0
 DELETE_RETRY_DELAY_SECONDS: Final = 30.0
+# Seconds between reads of each processor Deployment's rollout; pods usually start within a minute (an estimate).
+ROLLOUT_CHECK_SECONDS: Final = 10.0
 RESOURCE: Final = (API_GROUP, VERSION, PLURAL)
 
 log = logging.getLogger(__name__)
@@ -172,9 +175,6 @@ def run_step(
     for change in outcome.changes:
         logger.info(change)
     report(patch, status, generation, [outcome.condition], outcome.status)
-    if outcome.retry_after is not None:
-        # kopf keeps the step unfinished and runs it again, so the condition follows the live state.
-        raise kopf.TemporaryError(outcome.condition.message, delay=outcome.retry_after)
     return outcome
 
 
@@ -237,6 +237,27 @@ def verify(
             logger.info(change)
     report(patch, status, generation, updates, fields)
     return changes
+
+
+def follow_rollout(
+    kube: ObjectApi,
+    body: Mapping[str, Any],
+    status: Mapping[str, Any],
+    patch: kopf.Patch,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Report ProcessorReady from the processor's live Deployment, once the handlers have finished the spec."""
+    metadata = body.get("metadata", {})
+    if metadata.get("deletionTimestamp") or not reconcile.spec_is_handled(body):
+        return
+    refs = (status.get("processor") or {}).get("objects") or []
+    try:
+        condition = reconcile.rollout_condition(kube, metadata.get("namespace", ""), refs)
+    except Exception as error:
+        logger.warning("reading the processor's Deployment failed: %s", error)
+        return
+    if condition is not None:
+        report(patch, status, metadata.get("generation"), [condition])
 
 
 # Deletion
@@ -344,7 +365,11 @@ def register(
     def on_timer(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         verify(runtime, body, status, patch, logger)
 
+    @kopf.timer(*RESOURCE, id="rollout", interval=ROLLOUT_CHECK_SECONDS, registry=registry)
+    def on_rollout(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        follow_rollout(runtime.kube, body, status, patch, logger)
+
     return runtime
 
 
-__all__ = ["READY", "Runtime", "delete", "register", "report", "run_step", "verify"]
+__all__ = ["READY", "Runtime", "delete", "follow_rollout", "register", "report", "run_step", "verify"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,8 +28,6 @@ from anomaly_operator.settings import OperatorSettings
 
 # kopf's annotation holding the last spec it handled successfully.
 LAST_HANDLED_ANNOTATION: Final = "kopf.zalando.org/last-handled-configuration"
-# Seconds between checks of a rollout in progress; pods usually start within a minute (an estimate).
-ROLLOUT_CHECK_SECONDS: Final = 10.0
 
 
 class StepNotReadyError(RuntimeError):
@@ -43,8 +41,6 @@ class StepOutcome:
     condition: Condition
     status: dict[str, Any] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
-    # Seconds after which kopf runs the step again, for a condition that changes without a spec change.
-    retry_after: float | None = None
 
 
 def parse(body: Mapping[str, Any], settings: OperatorSettings) -> Pipeline:
@@ -217,28 +213,36 @@ def processor_step(
         "replicas": replicas,
         "objects": refs,
     }
-    condition, retry_after = _rollout_condition(kube, pipeline.namespace, objects)
-    return StepOutcome(condition, {"processor": processor_status}, changes, retry_after)
+    condition = rollout_condition(kube, pipeline.namespace, refs)
+    if condition is None:
+        raise RenderError(
+            f"the processor chart rendered no Deployment for pipeline {pipeline.namespace}/{pipeline.name}"
+        )
+    return StepOutcome(condition, {"processor": processor_status}, changes)
 
 
-def _rollout_condition(
-    kube: ObjectApi, namespace: str, objects: list[dict[str, Any]]
-) -> tuple[Condition, float | None]:
-    """Return ProcessorReady from the live Deployment, and the delay before checking again when it is not ready."""
-    deployment = next(o for o in objects if o["kind"] == "Deployment")
-    name = deployment["metadata"]["name"]
+def rollout_condition(kube: ObjectApi, namespace: str, refs: Sequence[Mapping[str, str]]) -> Condition | None:
+    """Return ProcessorReady from the live Deployment among ``refs``, or None when ``refs`` has none.
+
+    The rollout goes on after the processor step has finished, so the rollout timer calls
+    this too, and the condition follows the pods without a spec change.
+    """
+    deployment = next((ref for ref in refs if ref.get("kind") == "Deployment"), None)
+    if deployment is None:
+        return None
+    name = deployment["name"]
     live = kube.get(deployment["apiVersion"], "Deployment", namespace, name)
     if live is None:
-        message = f"Deployment {namespace}/{name} was applied but was not found; the operator checks again"
-        return Condition.false(PROCESSOR_READY, "DeploymentMissing", message), ROLLOUT_CHECK_SECONDS
+        message = f"Deployment {namespace}/{name} is not found; the operator applies it again at the next reconcile"
+        return Condition.false(PROCESSOR_READY, "DeploymentMissing", message)
     complete, progress = processor.rollout_progress(live)
     if complete:
-        return Condition.true(PROCESSOR_READY, "Available", f"Deployment {namespace}/{name}: {progress}"), None
+        return Condition.true(PROCESSOR_READY, "Available", f"Deployment {namespace}/{name}: {progress}")
     message = (
         f"Deployment {namespace}/{name}: {progress}. If this lasts, "
         f"run kubectl describe deployment {name} -n {namespace} and read its pods' events"
     )
-    return Condition.false(PROCESSOR_READY, "RolloutInProgress", message), ROLLOUT_CHECK_SECONDS
+    return Condition.false(PROCESSOR_READY, "RolloutInProgress", message)
 
 
 # Deletion
