@@ -1,4 +1,4 @@
-"""The AnomalyPipeline CRD: generated file, parser agreement, structure and the examples."""
+"""The AnomalyPipeline CRD: generated file, parser agreement, structure, immutable fields and the examples."""
 
 from __future__ import annotations
 
@@ -289,6 +289,83 @@ def test_crd_misspelled_field_rejected() -> None:
     broken["spec"]["versions"][0]["subresource"] = {"status": {}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+# Immutable fields
+
+# Each of these fields names AWS resources, so a change would make the operator create new ones
+# and leave the old ones behind. The API server evaluates the rules, so these tests check the
+# rules as written, not CEL's verdict on an update.
+IMMUTABLE_FIELDS = {
+    "region": "spec.region is immutable: create a new AnomalyPipeline to use another region",
+    "input.streamNamePrefix": (
+        "spec.input.streamNamePrefix is immutable: create a new AnomalyPipeline to use another input stream"
+    ),
+    "output.streamNamePrefix": (
+        "spec.output.streamNamePrefix is immutable: create a new AnomalyPipeline to use another anomaly stream"
+    ),
+    "checkpoints.tableNamePrefix": (
+        "spec.checkpoints.tableNamePrefix is immutable: create a new AnomalyPipeline to use another checkpoint table"
+    ),
+    "iam.roleNamePrefix": "spec.iam.roleNamePrefix is immutable: create a new AnomalyPipeline to use other role names",
+}
+DEAD_LETTER_MESSAGE = (
+    "spec.deadLetter.streamNamePrefix cannot be changed or removed once set: create a new AnomalyPipeline "
+    "to use another dead-letter stream or none"
+)
+DEAD_LETTER_RULE = (
+    "!has(oldSelf.streamNamePrefix) || "
+    "(has(self.streamNamePrefix) && self.streamNamePrefix == oldSelf.streamNamePrefix)"
+)
+
+
+def spec_field(path: str) -> dict[str, Any]:
+    """Return the schema of ``spec.<path>`` in the CRD file."""
+    node = open_api_schema()["properties"]["spec"]
+    for part in path.split("."):
+        node = node["properties"][part]
+    return node
+
+
+@pytest.mark.parametrize(("field", "message"), IMMUTABLE_FIELDS.items(), ids=list(IMMUTABLE_FIELDS))
+def test_immutable_field_has_transition_rule(field: str, message: str) -> None:
+    node = spec_field(field)
+
+    assert node["x-kubernetes-validations"] == [{"rule": "self == oldSelf", "message": message}]
+    # A rule on oldSelf is skipped when the field is absent, so only a defaulted field is covered.
+    assert "default" in node
+    assert not node.get("nullable")
+    assert node["description"].endswith(" Immutable: create a new AnomalyPipeline to change it.")
+
+
+def test_dead_letter_prefix_is_immutable_once_set() -> None:
+    section = spec_field("deadLetter")
+    prefix = spec_field("deadLetter.streamNamePrefix")
+
+    assert section["x-kubernetes-validations"] == [{"rule": DEAD_LETTER_RULE, "message": DEAD_LETTER_MESSAGE}]
+    # The section must always exist for the rule to run, and the prefix stays optional.
+    assert section["default"] == {}
+    assert "x-kubernetes-validations" not in prefix
+    assert "default" not in prefix
+    assert prefix["nullable"] is True
+    assert "Once set, it is immutable: create a new AnomalyPipeline to change or remove it." in prefix["description"]
+
+
+def test_only_resource_names_carry_rules() -> None:
+    with_rules = sorted(path for path, node in walk(open_api_schema()) if "x-kubernetes-validations" in node)
+
+    expected = sorted([f".spec.{field}" for field in IMMUTABLE_FIELDS] + [".spec.deadLetter"])
+    assert with_rules == expected
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_crd_rule_without_expression_rejected(version: str) -> None:
+    broken = load_crd_file()
+    region = broken["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["region"]
+    region["x-kubernetes-validations"] = [{"rules": "self == oldSelf", "message": "spec.region is immutable"}]
+
+    with pytest.raises(kubernetes_validate.ValidationError, match="'rule' is a required property"):
+        kubernetes_validate.validate(broken, version, strict=True)
 
 
 # Examples

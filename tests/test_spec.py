@@ -111,6 +111,11 @@ def test_minimal_spec_gets_every_default() -> None:
         ("spec.colour", "blue", "spec.colour", "unknown field"),
         ("spec.processor.pollIntervalMillis", 50, "spec.processor.pollIntervalMillis", "out of range"),
         ("metadata.name", "Payments", "metadata.name", "Kubernetes name"),
+        ("metadata.name", "a" * 254, "metadata.name", "at most 253 characters"),
+        ("metadata.name", "1payments", "metadata.name", "must start with a lowercase letter"),
+        ("metadata.name", "pay.ments", "metadata.name", "only lowercase letters, digits and '-'"),
+        ("metadata.name", "payments.eu", "metadata.name", "names the processor's Service"),
+        ("metadata.namespace", "team.eu", "metadata.namespace", "cannot contain '.'"),
     ],
 )
 def test_invalid_spec_names_field_value_and_reason(path: str, value: Any, field: str, reason: str) -> None:
@@ -122,6 +127,14 @@ def test_invalid_spec_names_field_value_and_reason(path: str, value: Any, field:
     message = str(caught.value)
     assert message.startswith(f"{field}: invalid value ")
     assert reason in message
+
+
+@pytest.mark.parametrize("name", ["payments-eu-1", "p", "p1", "a" * 253])
+def test_dns_1035_pipeline_name_is_accepted(name: str) -> None:
+    pipeline = parse_pipeline(with_spec("metadata.name", name))
+
+    assert pipeline.name == name
+    assert pipeline.key == f"default/{name}"
 
 
 def test_same_prefix_for_both_streams_is_rejected() -> None:

@@ -5,7 +5,8 @@ and a test keeps it equal to ``crd_yaml()``. Defaults come from ``spec.DEFAULTS`
 patterns from the constants in ``spec``, and the rule shape from ``rules.RULE_SET_SCHEMA``, so
 the schema cannot drift from the parser. The schema holds only what a structural OpenAPI
 schema can express: the parser still checks the rest (known regions, distinct stream names)
-when the operator reconciles.
+when the operator reconciles. The schema's CEL transition rules make the fields that name AWS
+resources immutable, which the parser cannot check because it never receives the old spec.
 """
 
 from __future__ import annotations
@@ -58,6 +59,56 @@ def _prefix(description: str, default: str) -> dict[str, Any]:
     return _string(description, pattern=spec.PREFIX_PATTERN, maxLength=spec.PREFIX_MAX, default=default)
 
 
+# A change to any of these fields would make the operator create new streams, a new table or new
+# roles under the new names. The old ones would stay forever, even under deletionPolicy Delete,
+# because deletion finds resources only by the current names. The API server rejects such a
+# change with the message below, keyed by the field under spec.
+IMMUTABLE_MESSAGES: Final = {
+    "region": "spec.region is immutable: create a new AnomalyPipeline to use another region",
+    "input.streamNamePrefix": (
+        "spec.input.streamNamePrefix is immutable: create a new AnomalyPipeline to use another input stream"
+    ),
+    "output.streamNamePrefix": (
+        "spec.output.streamNamePrefix is immutable: create a new AnomalyPipeline to use another anomaly stream"
+    ),
+    "checkpoints.tableNamePrefix": (
+        "spec.checkpoints.tableNamePrefix is immutable: create a new AnomalyPipeline to use another checkpoint table"
+    ),
+    "iam.roleNamePrefix": "spec.iam.roleNamePrefix is immutable: create a new AnomalyPipeline to use other role names",
+    "deadLetter.streamNamePrefix": (
+        "spec.deadLetter.streamNamePrefix cannot be changed or removed once set: create a new AnomalyPipeline "
+        "to use another dead-letter stream or none"
+    ),
+}
+IMMUTABLE_NOTE: Final = "Immutable: create a new AnomalyPipeline to change it."
+
+
+def _immutable(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """Add a transition rule that rejects any change of ``spec.<field>``, which has a default.
+
+    The API server runs a rule that uses ``oldSelf`` only when the field exists in both the old
+    and the new object. A field with a default always exists, so every change is checked.
+    """
+    return {
+        **schema,
+        "description": f"{schema['description']} {IMMUTABLE_NOTE}",
+        "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE_MESSAGES[field]}],
+    }
+
+
+def _immutable_once_set(field: str, section: dict[str, Any]) -> dict[str, Any]:
+    """Add a rule to ``section`` that lets its optional ``field`` be set once and then never changed or removed.
+
+    The rule sits on the section, which has a default, because the API server skips the rules of
+    a field whose new value is null or absent, so a rule on the field itself would let a removal
+    through. In these rules ``has()`` is false for a null field (apiextensions-apiserver's CEL
+    validation).
+    """
+    name = field.rsplit(".", 1)[-1]
+    rule = f"!has(oldSelf.{name}) || (has(self.{name}) && self.{name} == oldSelf.{name})"
+    return {**section, "x-kubernetes-validations": [{"rule": rule, "message": IMMUTABLE_MESSAGES[field]}]}
+
+
 def spec_schema() -> dict[str, Any]:
     """Return the OpenAPI schema of ``spec``, with the parser's defaults and limits."""
     defaults = spec.DEFAULTS
@@ -74,17 +125,23 @@ def spec_schema() -> dict[str, Any]:
         "description": "What the pipeline is: its streams, checkpoint table, rules, IAM roles and processor.",
         "required": ["tester"],
         "properties": {
-            "region": _string(
-                "AWS region of the streams, the checkpoint table and the processor's AWS calls.",
-                pattern=spec.REGION_PATTERN,
-                default=defaults["region"],
+            "region": _immutable(
+                "region",
+                _string(
+                    "AWS region of the streams, the checkpoint table and the processor's AWS calls.",
+                    pattern=spec.REGION_PATTERN,
+                    default=defaults["region"],
+                ),
             ),
             "input": _section(
                 "The input stream, which producers write events to.",
                 {
-                    "streamNamePrefix": _prefix(
-                        "Prefix of the input stream's name, which is <prefix><namespace>-<name>.",
-                        defaults["input"]["streamNamePrefix"],
+                    "streamNamePrefix": _immutable(
+                        "input.streamNamePrefix",
+                        _prefix(
+                            "Prefix of the input stream's name, which is <prefix><namespace>-<name>.",
+                            defaults["input"]["streamNamePrefix"],
+                        ),
                     ),
                     "shardCount": _integer(
                         "Open shards of the input stream. A change is made with UpdateShardCount, which can at "
@@ -110,9 +167,12 @@ def spec_schema() -> dict[str, Any]:
             "output": _section(
                 "The anomaly stream, which the processor writes anomalous events to.",
                 {
-                    "streamNamePrefix": _prefix(
-                        "Prefix of the anomaly stream's name. It must differ from the input prefix.",
-                        defaults["output"]["streamNamePrefix"],
+                    "streamNamePrefix": _immutable(
+                        "output.streamNamePrefix",
+                        _prefix(
+                            "Prefix of the anomaly stream's name. It must differ from the input prefix.",
+                            defaults["output"]["streamNamePrefix"],
+                        ),
                     ),
                     "shardCount": _integer(
                         "Shards of the anomaly stream when it is created.",
@@ -125,31 +185,38 @@ def spec_schema() -> dict[str, Any]:
             "checkpoints": _section(
                 "The DynamoDB table of shard leases and checkpoints (one item per shard).",
                 {
-                    "tableNamePrefix": _prefix(
-                        "Prefix of the table's name, which is <prefix><namespace>-<name>.",
-                        defaults["checkpoints"]["tableNamePrefix"],
+                    "tableNamePrefix": _immutable(
+                        "checkpoints.tableNamePrefix",
+                        _prefix(
+                            "Prefix of the table's name, which is <prefix><namespace>-<name>.",
+                            defaults["checkpoints"]["tableNamePrefix"],
+                        ),
                     ),
                 },
             ),
             "rules": rules,
             "detectors": _section("Detectors beside the rules.", {"shadow": shadow}),
-            "deadLetter": _section(
-                "The dead-letter stream, which receives every malformed record in a JSON envelope.",
-                {
-                    "streamNamePrefix": _string(
-                        "Prefix of the dead-letter stream's name, which is <prefix><namespace>-<name>; null for no "
-                        "dead-letter stream, so malformed records are only counted and logged.",
-                        pattern=spec.PREFIX_PATTERN,
-                        maxLength=spec.PREFIX_MAX,
-                        nullable=True,
-                    ),
-                    "shardCount": _integer(
-                        "Shards of the dead-letter stream when it is created.",
-                        spec.MIN_SHARDS,
-                        spec.MAX_SHARDS,
-                        defaults["deadLetter"]["shardCount"],
-                    ),
-                },
+            "deadLetter": _immutable_once_set(
+                "deadLetter.streamNamePrefix",
+                _section(
+                    "The dead-letter stream, which receives every malformed record in a JSON envelope.",
+                    {
+                        "streamNamePrefix": _string(
+                            "Prefix of the dead-letter stream's name, which is <prefix><namespace>-<name>; null for no "
+                            "dead-letter stream, so malformed records are only counted and logged. Once set, it is "
+                            "immutable: create a new AnomalyPipeline to change or remove it.",
+                            pattern=spec.PREFIX_PATTERN,
+                            maxLength=spec.PREFIX_MAX,
+                            nullable=True,
+                        ),
+                        "shardCount": _integer(
+                            "Shards of the dead-letter stream when it is created.",
+                            spec.MIN_SHARDS,
+                            spec.MAX_SHARDS,
+                            defaults["deadLetter"]["shardCount"],
+                        ),
+                    },
+                ),
             ),
             "events": _section(
                 "How events are decoded.",
@@ -191,10 +258,13 @@ def spec_schema() -> dict[str, Any]:
                         pattern=spec.ROLE_PATH_PATTERN,
                         default=defaults["iam"]["rolePath"],
                     ),
-                    "roleNamePrefix": _string(
-                        "Prefix of both role names, which end in -processor and -tester.",
-                        pattern=spec.ROLE_NAME_PREFIX_PATTERN,
-                        default=defaults["iam"]["roleNamePrefix"],
+                    "roleNamePrefix": _immutable(
+                        "iam.roleNamePrefix",
+                        _string(
+                            "Prefix of both role names, which end in -processor and -tester.",
+                            pattern=spec.ROLE_NAME_PREFIX_PATTERN,
+                            default=defaults["iam"]["roleNamePrefix"],
+                        ),
                     ),
                     "permissionsBoundaryArn": _string(
                         "Managed policy ARN set as permissions boundary of both roles, or null for none.",

@@ -52,6 +52,13 @@ BOUNDARY_ARN_PATTERN: Final = r"^arn:aws[a-z-]*:iam::\d{12}:policy/[\x21-\x7E]+$
 PRINCIPAL_PATTERN: Final = r"^(\d{12}|arn:aws[a-z-]*:(iam|sts)::\d{12}:[\x21-\x7E]+)$"
 FIELD_PATH_PATTERN: Final = r"^[A-Za-z0-9_$@-]+(\.[A-Za-z0-9_$@-]+)*$"
 K8S_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# Kubernetes limits a custom resource's name to 253 characters and a namespace to 63.
+K8S_NAME_MAX: Final = 253
+K8S_NAMESPACE_MAX: Final = 63
+# The processor's Service is named "<name>-anomaly-processor", and Service names are DNS-1035
+# labels. A name longer than 63 characters is still valid, because the operator cuts the Helm
+# release name to 53 characters (ending in a hash) and the chart cuts object names to 63.
+PIPELINE_NAME_PATTERN: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 OWNER_TAG: Final = f"{API_GROUP}/pipeline"
 MANAGED_BY_TAG: Final = f"{API_GROUP}/managed-by"
@@ -231,7 +238,10 @@ def parse_pipeline(document: Mapping[str, Any]) -> Pipeline:
         raise SpecError("metadata", metadata, "expected a mapping")
     name = metadata.get("name")
     namespace = metadata.get("namespace") or "default"
-    for field, value, limit in (("metadata.name", name, 253), ("metadata.namespace", namespace, 63)):
+    for field, value, limit in (
+        ("metadata.name", name, K8S_NAME_MAX),
+        ("metadata.namespace", namespace, K8S_NAMESPACE_MAX),
+    ):
         if not isinstance(value, str) or len(value) > limit or not re.fullmatch(K8S_NAME_PATTERN, value):
             raise SpecError(
                 field,
@@ -241,6 +251,13 @@ def parse_pipeline(document: Mapping[str, Any]) -> Pipeline:
     if "." in namespace:
         raise SpecError("metadata.namespace", namespace, "a namespace cannot contain '.'")
     assert isinstance(name, str)
+    if not re.fullmatch(PIPELINE_NAME_PATTERN, name):
+        raise SpecError(
+            "metadata.name",
+            name,
+            "must start with a lowercase letter and contain only lowercase letters, digits and '-', "
+            "because it names the processor's Service, and Service names are DNS-1035 labels",
+        )
 
     raw_spec = document.get("spec")
     if raw_spec is None:
