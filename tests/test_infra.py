@@ -221,11 +221,24 @@ def test_operator_policy_limits_resources_to_allowed_prefixes() -> None:
         assert len(services) == 1, statement["Sid"]
         [service] = services
         resources = set(statement["Resource"])
+        if statement["Sid"] == "LookUpPipelineRolesByName":
+            # Reads only, on the role name prefix without the role path: see the next test.
+            assert resources == {f"arn:aws:iam::{ACCOUNT}:role/anomaly-*"}
+            continue
         if statement["Action"] == ["kinesis:StartStreamEncryption"]:
             # Encrypting with the AWS-managed key also authorizes against that KMS key.
             assert resources - EXPECTED_RESOURCES["kinesis"] == {f"arn:aws:kms:{REGION}:{ACCOUNT}:key/*"}
             continue
         assert resources == EXPECTED_RESOURCES[service], statement["Sid"]
+
+
+def test_role_lookup_without_path_only_reads() -> None:
+    # The operator looks a role up by name (GetRole, ListRoleTags) before it knows whether the role
+    # exists. IAM may authorize a request for a missing role against an ARN without the role path,
+    # so the path-scoped statement alone could turn NoSuchEntity into AccessDenied.
+    [lookup] = [s for s in statements(load_json(OPERATOR_POLICY)) if s["Sid"] == "LookUpPipelineRolesByName"]
+    assert sorted(lookup["Action"]) == ["iam:GetRole", "iam:ListRoleTags"]
+    assert "Condition" not in lookup
 
 
 def test_role_creation_requires_permissions_boundary() -> None:
