@@ -356,6 +356,41 @@ def test_unknown_rendered_kind_rejected(settings: OperatorSettings) -> None:
         )
 
 
+def test_processor_step_leaves_foreign_object_alone(aws: Aws, body: dict[str, Any], settings: OperatorSettings) -> None:
+    kube = MemoryKube()
+    status = reconcile_all(aws, MemoryKube(), body, settings)
+    # Another application in the namespace already runs under a ServiceAccount of that name.
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": "payments-processor",
+            "namespace": "default",
+            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/their-app"},
+        },
+    }
+    kube.create(theirs)
+
+    with pytest.raises(errors.ForeignObjectError, match="ServiceAccount default/payments-processor exists") as raised:
+        reconcile.processor_step(kube, reconcile.parse(body, settings), settings, body, status)
+
+    assert kube.find("ServiceAccount") == [theirs], "the other application's ServiceAccount is unchanged"
+    assert errors.classify(raised.value).reason == "ObjectNameTaken"
+
+
+def test_delete_step_keeps_foreign_object(aws: Aws, body: dict[str, Any], settings: OperatorSettings) -> None:
+    kube = MemoryKube()
+    status = reconcile_all(aws, kube, body, settings)
+    account = kube.find("ServiceAccount")[0]
+    account["metadata"]["ownerReferences"] = [{"kind": "Deployment", "name": "their-app", "uid": "someone-else"}]
+
+    changes = reconcile.delete_step(aws, kube, reconcile.parse(body, settings), settings, body, status)
+
+    assert kube.find("ServiceAccount") == [account]
+    assert "kept ServiceAccount default/payments-processor: the pipeline does not own it" in changes
+    assert kube.find("Deployment") == [], "the pipeline's own objects are deleted"
+
+
 def test_replicas_follow_open_shards() -> None:
     assert processor.processor_replicas(open_shards=8, max_replicas=4) == 4
     assert processor.processor_replicas(open_shards=2, max_replicas=4) == 2

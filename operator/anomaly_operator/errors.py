@@ -65,6 +65,10 @@ class RenderError(RuntimeError):
     """``helm template`` of the processor chart failed, and the message contains helm's stderr."""
 
 
+class ForeignObjectError(RuntimeError):
+    """A processor object's name is taken by an object that this pipeline does not own."""
+
+
 class KubernetesApiError(RuntimeError):
     """A Kubernetes API call on a processor object failed with an HTTP status."""
 
@@ -104,6 +108,9 @@ def classify(error: Exception) -> Classified:
         return Classified("AWSUnreachable", message, kopf.TemporaryError(message, delay=TRANSIENT_DELAY_SECONDS))
     if isinstance(error, BotoCoreError):
         return Classified("AWSError", message, kopf.TemporaryError(message, delay=OTHER_AWS_DELAY_SECONDS))
+    if isinstance(error, ForeignObjectError):
+        # Retried, because the user may rename or remove the other object without touching the pipeline.
+        return Classified("ObjectNameTaken", message, kopf.TemporaryError(message, delay=ACCESS_DENIED_DELAY_SECONDS))
     if isinstance(error, RenderError):
         return Classified("RenderFailed", message, kopf.TemporaryError(message, delay=OTHER_AWS_DELAY_SECONDS))
     if isinstance(error, KubernetesApiError):

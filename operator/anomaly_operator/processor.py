@@ -21,7 +21,7 @@ from typing import Any, Final
 import yaml
 from anomaly_pipeline.spec import Pipeline, processor_config
 
-from anomaly_operator.errors import RenderError
+from anomaly_operator.errors import ForeignObjectError, RenderError
 from anomaly_operator.kube import ObjectApi, merge_patch, resource_path
 from anomaly_operator.settings import OperatorSettings
 
@@ -136,10 +136,19 @@ def object_ref(manifest: Mapping[str, Any]) -> dict[str, str]:
     return {"apiVersion": manifest["apiVersion"], "kind": manifest["kind"], "name": manifest["metadata"]["name"]}
 
 
+def owned_by(live: Mapping[str, Any], uid: str) -> bool:
+    """Tell whether ``live`` has an owner reference to the object with ``uid``."""
+    references = (live.get("metadata") or {}).get("ownerReferences") or []
+    return any(reference.get("uid") == uid for reference in references)
+
+
 def apply(kube: ObjectApi, objects: Iterable[Mapping[str, Any]]) -> list[str]:
     """Create missing objects and merge-patch those whose rendered fields differ; return the changes.
 
     Every object's kind is checked first, so a kind the operator cannot manage changes nothing.
+    An existing object without an owner reference to the pipeline is left alone and raises
+    ForeignObjectError: patching it would hand, for example, another application's
+    ServiceAccount the processor role, and deleting the pipeline would then delete it.
     """
     objects = list(objects)
     for desired in objects:
@@ -152,17 +161,28 @@ def apply(kube: ObjectApi, objects: Iterable[Mapping[str, Any]]) -> list[str]:
         if live is None:
             kube.create(desired)
             changes.append(f"created {ref['kind']} {namespace}/{ref['name']}")
+        elif not owned_by(live, desired["metadata"]["ownerReferences"][0]["uid"]):
+            owner = desired["metadata"]["ownerReferences"][0]["name"]
+            raise ForeignObjectError(
+                f"{ref['kind']} {namespace}/{ref['name']} exists and is not owned by AnomalyPipeline {owner}, so it "
+                "is left alone. Rename or remove that object, or give the pipeline another name"
+            )
         elif merge_patch(live, desired) != live:
             kube.patch(ref["apiVersion"], ref["kind"], namespace, ref["name"], desired)
             changes.append(f"updated {ref['kind']} {namespace}/{ref['name']}")
     return changes
 
 
-def delete(kube: ObjectApi, namespace: str, refs: Iterable[Mapping[str, str]]) -> list[str]:
-    """Delete each referenced object; one already gone counts as deleted."""
+def delete(kube: ObjectApi, namespace: str, refs: Iterable[Mapping[str, str]], owner_uid: str) -> list[str]:
+    """Delete each referenced object that the object with ``owner_uid`` owns, and skip one already gone."""
     changes: list[str] = []
     for ref in refs:
-        if kube.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"]):
+        live = kube.get(ref["apiVersion"], ref["kind"], namespace, ref["name"])
+        if live is None:
+            continue
+        if not owned_by(live, owner_uid):
+            changes.append(f"kept {ref['kind']} {namespace}/{ref['name']}: the pipeline does not own it")
+        elif kube.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"]):
             changes.append(f"deleted {ref['kind']} {namespace}/{ref['name']}")
     return changes
 

@@ -205,7 +205,7 @@ def processor_step(
     refs = [processor.object_ref(o) for o in objects]
     previous = (status.get("processor") or {}).get("objects") or []
     stale = [ref for ref in previous if ref not in refs]
-    changes += processor.delete(kube, pipeline.namespace, stale)
+    changes += processor.delete(kube, pipeline.namespace, stale, owner["metadata"]["uid"])
 
     replicas = processor.processor_replicas(open_shards, pipeline.max_replicas)
     processor_status = {
@@ -233,7 +233,7 @@ def rollout_condition(kube: ObjectApi, namespace: str, refs: Sequence[Mapping[st
     name = deployment["name"]
     live = kube.get(deployment["apiVersion"], "Deployment", namespace, name)
     if live is None:
-        message = f"Deployment {namespace}/{name} is not found; the operator applies it again at the next reconcile"
+        message = f"Deployment {namespace}/{name} was not found. The operator applies it again at the next reconcile"
         return Condition.false(PROCESSOR_READY, "DeploymentMissing", message)
     complete, progress = processor.rollout_progress(live)
     if complete:
@@ -268,6 +268,6 @@ def delete_step(
     except RenderError:
         rendered = []
     refs = recorded + [ref for ref in rendered if ref not in recorded]
-    changes = processor.delete(kube, pipeline.namespace, refs)
+    changes = processor.delete(kube, pipeline.namespace, refs, owner["metadata"]["uid"])
     changes += provisioning.deprovision(aws, pipeline)
     return changes
