@@ -691,3 +691,26 @@ def test_full_example_configmap_has_shadow(aws: Aws, settings: OperatorSettings)
     assert settings_document["detectors"]["shadow"]["name"] == "stricter-rules"
     assert settings_document["rules"]["conditions"][1]["value"] == "12.500000000000000001"
     assert status["deadLetter"]["name"] == "anomaly-dead-letter-default-payments-full"
+
+
+def test_delete_step_keeps_other_pipelines_resources(
+    aws: Aws, body: dict[str, Any], settings: OperatorSettings
+) -> None:
+    owner = with_spec(body, None, "deletionPolicy", "Delete")
+    owner["metadata"].update({"namespace": "team-a", "name": "fraud"})
+    intruder = copy.deepcopy(owner)
+    intruder["metadata"].update({"namespace": "team", "name": "a-fraud", "uid": "intruder"})
+    reconcile_all(aws, MemoryKube(), owner, settings)
+    with pytest.raises(OwnershipError):
+        reconcile.streams_step(aws, reconcile.parse(intruder, settings))
+
+    changes = reconcile.delete_step(aws, MemoryKube(), reconcile.parse(intruder, settings), settings, intruder, {})
+
+    assert "kept stream ingest-team-a-fraud: it belongs to pipeline team-a/fraud" in changes
+    assert "kept role anomaly-team-a-fraud-tester: it belongs to pipeline team-a/fraud" in changes
+    assert sorted(aws.client("kinesis").list_streams()["StreamNames"]) == [
+        "anomaly-team-a-fraud",
+        "ingest-team-a-fraud",
+    ]
+    assert aws.client("dynamodb").list_tables()["TableNames"] == ["anomaly-checkpoints-team-a-fraud"]
+    assert len(aws.client("iam").list_roles(PathPrefix="/anomaly-pipeline/")["Roles"]) == 2

@@ -4,10 +4,12 @@ The CLI's ``apply`` and ``delete`` and the operator's reconcile steps call these
 functions. Each one is idempotent: it reads the current state, changes only what
 differs and returns what it changed, so a second run returns no changes. Resources
 carry the owner tag ``anomaly.dev/pipeline = <namespace>/<name>``; a resource owned by
-another pipeline is never adopted, changed or deleted.
+another pipeline is never adopted, changed or deleted. Creation raises OwnershipError for
+such a resource, but deletion keeps it, and keeps an untagged one too, so that a pipeline
+whose derived names collide with another's can still be deleted.
 
 It does not decide when to run (the operator does) and does not log above debug: the
-caller reports the returned changes.
+caller reports the returned changes, kept resources included.
 """
 
 from __future__ import annotations
@@ -103,6 +105,11 @@ def owner_tags(pipeline: Pipeline) -> dict[str, str]:
     return {OWNER_TAG: pipeline.key, MANAGED_BY_TAG: MANAGED_BY}
 
 
+def _owner_tag_list(pipeline: Pipeline) -> list[dict[str, str]]:
+    """Return the owner tags in the ``[{"Key": ..., "Value": ...}]`` form of DynamoDB and IAM."""
+    return [{"Key": k, "Value": v} for k, v in owner_tags(pipeline).items()]
+
+
 def _check_owner(kind: str, name: str, tags: dict[str, str], pipeline: Pipeline) -> bool:
     """Return True when the resource is untagged (adoptable), False when it is ours."""
     owner = tags.get(OWNER_TAG)
@@ -114,6 +121,26 @@ def _check_owner(kind: str, name: str, tags: dict[str, str], pipeline: Pipeline)
             f"choose another name prefix or delete the other pipeline"
         )
     return False
+
+
+def _keep_unowned(kind: str, name: str, tags: dict[str, str], pipeline: Pipeline) -> str | None:
+    """Return a ``kept ...`` change line unless the pipeline owns the resource.
+
+    Returns None for a resource the pipeline owns. The delete functions never raise
+    OwnershipError, because a pipeline that creation rejected for another pipeline's names
+    must still lose its finalizer when the user deletes it.
+    """
+    owner = tags.get(OWNER_TAG)
+    if owner == pipeline.key:
+        return None
+    if owner is None:
+        kept_change = (
+            f"kept {kind} {name}: it has no {OWNER_TAG} tag, so this pipeline may not have made it; "
+            f"delete it by hand if nothing uses it"
+        )
+    else:
+        kept_change = f"kept {kind} {name}: it belongs to pipeline {owner}"
+    return kept_change
 
 
 # Streams
@@ -161,7 +188,10 @@ def ensure_stream(
     summary = _stream_summary(kinesis, stream.name)
     if summary is None:
         try:
-            kinesis.create_stream(StreamName=stream.name, ShardCount=stream.shard_count)
+            # Tags given to CreateStream apply from the CREATING status (CreateStream docs in botocore
+            # 1.44), so no other pipeline sees the stream untagged. moto 5.2.5 and kinesalite 3.3.3
+            # drop them, and the tag check below then tags the stream in a second call.
+            kinesis.create_stream(StreamName=stream.name, ShardCount=stream.shard_count, Tags=owner_tags(pipeline))
             changes.append(f"created stream {stream.name} with {stream.shard_count} shards")
         except ClientError as error:
             if _error_code(error) != "ResourceInUseException":
@@ -250,7 +280,7 @@ def ensure_table(aws: Aws, pipeline: Pipeline) -> tuple[NamedArn, list[str]]:
                 KeySchema=[{"AttributeName": TABLE_KEY, "KeyType": "HASH"}],
                 BillingMode="PAY_PER_REQUEST",
                 SSESpecification={"Enabled": True},
-                Tags=[{"Key": k, "Value": v} for k, v in owner_tags(pipeline).items()],
+                Tags=_owner_tag_list(pipeline),
             )
             changes.append(f"created checkpoint table {name}")
         except ClientError as error:
@@ -272,7 +302,7 @@ def ensure_table(aws: Aws, pipeline: Pipeline) -> tuple[NamedArn, list[str]]:
     arn = table["TableArn"]
     tags = {t["Key"]: t["Value"] for t in dynamodb.list_tags_of_resource(ResourceArn=arn).get("Tags", [])}
     if _check_owner("table", name, tags, pipeline):
-        dynamodb.tag_resource(ResourceArn=arn, Tags=[{"Key": k, "Value": v} for k, v in owner_tags(pipeline).items()])
+        dynamodb.tag_resource(ResourceArn=arn, Tags=_owner_tag_list(pipeline))
         changes.append(f"adopted checkpoint table {name}")
     return NamedArn(name, arn), changes
 
@@ -315,7 +345,7 @@ def ensure_role(
             "AssumeRolePolicyDocument": json.dumps(trust_policy),
             "MaxSessionDuration": max_session_seconds,
             "Description": f"anomaly pipeline {pipeline.key}",
-            "Tags": [{"Key": k, "Value": v} for k, v in owner_tags(pipeline).items()],
+            "Tags": _owner_tag_list(pipeline),
         }
         if pipeline.permissions_boundary_arn:
             kwargs["PermissionsBoundary"] = pipeline.permissions_boundary_arn
@@ -323,12 +353,16 @@ def ensure_role(
         changes.append(f"created role {role_name}")
     else:
         tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=role_name).get("Tags", [])}
-        _check_owner("role", role_name, tags, pipeline)
+        adoptable = _check_owner("role", role_name, tags, pipeline)
         if role.get("Path") != pipeline.role_path:
             raise ProvisioningError(
                 f"role {role_name} exists under path {role.get('Path')}, not {pipeline.role_path}; "
                 f"delete it or change spec.iam.rolePath"
             )
+        if adoptable:
+            # Tagged before its policies and trust change, so no other pipeline can adopt it as well.
+            iam.tag_role(RoleName=role_name, Tags=_owner_tag_list(pipeline))
+            changes.append(f"adopted role {role_name}")
         if _canonical(role["AssumeRolePolicyDocument"]) != _canonical(trust_policy):
             iam.update_assume_role_policy(RoleName=role_name, PolicyDocument=json.dumps(trust_policy))
             changes.append(f"updated trust policy of role {role_name}")
@@ -366,11 +400,16 @@ def _ensure_only_policy(iam: Any, role_name: str, policy_name: str, policy: dict
 
 
 def delete_role(aws: Aws, pipeline: Pipeline, role_name: str) -> list[str]:
-    """Delete a role and its policies; a role already gone counts as deleted."""
+    """Delete a role this pipeline owns, with its policies; a role already gone counts as deleted.
+
+    A role without the pipeline's owner tag is kept and reported in the returned changes.
+    """
     iam = aws.client("iam")
     try:
         tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=role_name).get("Tags", [])}
-        _check_owner("role", role_name, tags, pipeline)
+        kept_change = _keep_unowned("role", role_name, tags, pipeline)
+        if kept_change is not None:
+            return [kept_change]
         for attached in iam.list_attached_role_policies(RoleName=role_name).get("AttachedPolicies", []):
             iam.detach_role_policy(RoleName=role_name, PolicyArn=attached["PolicyArn"])
         for name in iam.list_role_policies(RoleName=role_name).get("PolicyNames", []):
@@ -464,12 +503,16 @@ def ensure_tester_role(aws: Aws, pipeline: Pipeline, source: NamedArn, sink: Nam
 
 
 def delete_stream(aws: Aws, pipeline: Pipeline, name: str) -> list[str]:
-    """Delete a stream this pipeline owns; a stream already gone counts as deleted."""
+    """Delete a stream this pipeline owns; a stream already gone counts as deleted.
+
+    A stream without the pipeline's owner tag is kept and reported in the returned changes.
+    """
     kinesis = aws.client("kinesis")
     try:
         tags = {t["Key"]: t["Value"] for t in kinesis.list_tags_for_stream(StreamName=name).get("Tags", [])}
-        if _check_owner("stream", name, tags, pipeline):
-            raise OwnershipError(f"stream {name} has no owner tag; it was not made by this pipeline, so it is kept")
+        kept_change = _keep_unowned("stream", name, tags, pipeline)
+        if kept_change is not None:
+            return [kept_change]
         kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
     except ClientError as error:
         if _error_code(error) == "ResourceNotFoundException":
@@ -479,15 +522,19 @@ def delete_stream(aws: Aws, pipeline: Pipeline, name: str) -> list[str]:
 
 
 def delete_table(aws: Aws, pipeline: Pipeline) -> list[str]:
-    """Delete the checkpoint table this pipeline owns; a table already gone counts as deleted."""
+    """Delete the checkpoint table this pipeline owns; a table already gone counts as deleted.
+
+    A table without the pipeline's owner tag is kept and reported in the returned changes.
+    """
     dynamodb = aws.client("dynamodb")
     name = pipeline.checkpoint_table
     table = _table_description(dynamodb, name)
     if table is None:
         return []
     tags = {t["Key"]: t["Value"] for t in dynamodb.list_tags_of_resource(ResourceArn=table["TableArn"]).get("Tags", [])}
-    if _check_owner("table", name, tags, pipeline):
-        raise OwnershipError(f"table {name} has no owner tag; it was not made by this pipeline, so it is kept")
+    kept_change = _keep_unowned("checkpoint table", name, tags, pipeline)
+    if kept_change is not None:
+        return [kept_change]
     try:
         dynamodb.delete_table(TableName=name)
     except ClientError as error:
