@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
+import botocore.session
 from anomaly_pipeline import policies
+
+PROCESSOR_PACKAGE = Path(__file__).resolve().parents[1] / "processor" / "anomaly_processor"
 
 INPUT = "arn:aws:kinesis:eu-west-1:123456789012:stream/ingest-default-payments"
 OUTPUT = "arn:aws:kinesis:eu-west-1:123456789012:stream/anomaly-default-payments"
@@ -54,6 +59,31 @@ def test_processor_policy_reads_input_writes_anomalies_uses_table() -> None:
     assert not any(action.startswith("kinesis:Put") for _, action, resource in rows if resource == INPUT)
     assert not any(action.startswith("kinesis:Get") for _, action, resource in rows if resource == OUTPUT)
     assert not any("*" in action or "*" in resource for _, action, resource in rows)
+
+
+def processor_calls() -> set[str]:
+    """Return the IAM action of every Kinesis and DynamoDB client call in the processor's source."""
+    session = botocore.session.get_session()
+    actions: set[str] = set()
+    for service in ("kinesis", "dynamodb"):
+        client = session.create_client(
+            service, region_name="eu-west-1", aws_access_key_id="unused", aws_secret_access_key="unused"
+        )
+        mapping = client.meta.method_to_api_mapping
+        for source in sorted(PROCESSOR_PACKAGE.glob("*.py")):
+            for method in re.findall(rf"\b_?{service}\.([a-z_]+)\(", source.read_text(encoding="utf-8")):
+                if method in mapping:
+                    actions.add(f"{service}:{mapping[method]}")
+    return actions
+
+
+def test_processor_policy_grants_exactly_processor_calls() -> None:
+    rows = action_table(policies.processor_policy(INPUT, OUTPUT, TABLE, dead_letter_stream_arn=INPUT + "-dlq"))
+    called = processor_calls()
+
+    assert "kinesis:GetRecords" in called
+    assert "dynamodb:UpdateItem" in called
+    assert {action for _, action, _ in rows} == called
 
 
 def test_tester_trust_names_each_principal() -> None:

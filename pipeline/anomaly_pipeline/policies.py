@@ -25,32 +25,21 @@ TESTER_OUTPUT_ACTIONS: Final = (
     "kinesis:DescribeStreamSummary",
     "kinesis:ListShards",
 )
+# Processor actions: exactly the calls processor/anomaly_processor makes (tests/test_policies.py checks it).
 PROCESSOR_INPUT_ACTIONS: Final = (
     "kinesis:GetRecords",
     "kinesis:GetShardIterator",
-    "kinesis:DescribeStream",
-    "kinesis:DescribeStreamSummary",
     "kinesis:ListShards",
 )
-PROCESSOR_OUTPUT_ACTIONS: Final = (
-    "kinesis:PutRecord",
-    "kinesis:PutRecords",
-    "kinesis:DescribeStreamSummary",
-)
+PROCESSOR_OUTPUT_ACTIONS: Final = ("kinesis:PutRecords",)
 # Malformed records go to the dead-letter stream; only the processor writes it, no one else here reads it.
-PROCESSOR_DEAD_LETTER_ACTIONS: Final = (
-    "kinesis:PutRecord",
-    "kinesis:PutRecords",
-    "kinesis:DescribeStreamSummary",
-)
+PROCESSOR_DEAD_LETTER_ACTIONS: Final = ("kinesis:PutRecords",)
 PROCESSOR_TABLE_ACTIONS: Final = (
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
-    "dynamodb:Query",
     "dynamodb:Scan",
-    "dynamodb:DescribeTable",
 )
 # Streams encrypted with the AWS-managed key need no kms:* grant for callers in the same
 # account: the key policy of alias/aws/kinesis allows use through Kinesis.
