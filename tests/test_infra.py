@@ -233,7 +233,7 @@ def test_operator_policy_limits_resources_to_allowed_prefixes() -> None:
 
 
 def test_role_lookup_without_path_only_reads() -> None:
-    # The operator looks a role up by name (GetRole, ListRoleTags) before it knows whether the role
+    # The operator looks a role up by name (GetRole, ListRoleTags) before it has checked that the role
     # exists. IAM may authorize a request for a missing role against an ARN without the role path,
     # so the path-scoped statement alone could turn NoSuchEntity into AccessDenied.
     [lookup] = [s for s in statements(load_json(OPERATOR_POLICY)) if s["Sid"] == "LookUpPipelineRolesByName"]
