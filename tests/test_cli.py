@@ -192,6 +192,24 @@ def test_pipeline_file_with_broken_yaml_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_missing_pipeline_file_exits_2_naming_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+
+    result = run_cli("apply", "-f", str(missing))
+
+    assert result.returncode == 2
+    assert f"{missing}: cannot be read: No such file or directory; check the path given with -f" in result.stderr
+    assert "Errno" not in result.stderr
+
+
+def test_credentials_without_source_exits_2() -> None:
+    result = run_cli("credentials", timeout=30)
+
+    assert result.returncode == 2
+    assert "-f: missing: give a pipeline file with -f or a cluster resource with --from-cluster" in result.stderr
+    assert "None" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("option", "value"), [("--shards", "0"), ("--events", "0"), ("--events", "-5"), ("--rate", "0")]
 )

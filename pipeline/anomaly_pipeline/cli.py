@@ -23,7 +23,7 @@ from anomaly_pipeline import emulator
 from anomaly_pipeline.aws import Aws
 from anomaly_pipeline.credentials import export_lines, tester_credentials
 from anomaly_pipeline.provisioning import ProvisioningError, deprovision, provision
-from anomaly_pipeline.spec import SpecError, load_pipeline_file, processor_config
+from anomaly_pipeline.spec import PipelineFileError, SpecError, load_pipeline_file, processor_config
 
 EXAMPLE_PIPELINE = Path(__file__).resolve().parents[2] / "examples" / "pipeline.yaml"
 
@@ -65,7 +65,9 @@ def command_credentials(args: argparse.Namespace) -> int:
         pipeline, role_arn = read_pipeline_from_cluster(args.from_cluster, args.namespace)
     else:
         if not args.file:
-            raise SpecError("-f", None, "give a pipeline file with -f or a cluster resource with --from-cluster")
+            raise PipelineFileError(
+                "-f", "missing: give a pipeline file with -f or a cluster resource with --from-cluster"
+            )
         pipeline, role_arn = load_pipeline_file(args.file), None
     aws = _aws(args, pipeline.region)
     result = tester_credentials(aws, pipeline, role_arn)

@@ -29,7 +29,7 @@ def _api_client(context: str | None) -> Any:
         import kubernetes
     except ImportError as error:
         raise ClusterError(
-            "reading from a cluster needs the kubernetes client: pip install 'anomaly-pipeline[operator]'"
+            "reading from a cluster needs the kubernetes client: run .venv/bin/pip install -e '.[operator]' in the checkout"
         ) from error
 
     configuration = kubernetes.client.Configuration()
@@ -42,7 +42,7 @@ def _api_client(context: str | None) -> Any:
             )
     except kubernetes.config.ConfigException as error:
         raise ClusterError(
-            f"no usable Kubernetes configuration: {error}; set KUBECONFIG or run inside a cluster"
+            f"no usable Kubernetes configuration ({str(error).rstrip('.')}). Set KUBECONFIG or run inside a cluster"
         ) from error
     return kubernetes.client.ApiClient(configuration)
 

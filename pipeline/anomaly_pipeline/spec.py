@@ -411,11 +411,15 @@ def load_pipeline_file(path: str) -> Pipeline:
     """Read and validate the first AnomalyPipeline in a YAML file."""
     import yaml
 
-    with open(path, encoding="utf-8") as handle:
-        try:
+    try:
+        with open(path, encoding="utf-8") as handle:
             documents = [d for d in yaml.safe_load_all(handle) if d is not None]
-        except yaml.YAMLError as error:
-            raise PipelineFileError(path, f"not valid YAML: {error}") from error
+    except OSError as error:
+        raise PipelineFileError(
+            path, f"cannot be read: {error.strerror or error}; check the path given with -f"
+        ) from error
+    except yaml.YAMLError as error:
+        raise PipelineFileError(path, f"not valid YAML: {error}") from error
     pipelines = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == KIND]
     if not pipelines:
         raise PipelineFileError(path, f"contains no {KIND} document")
