@@ -103,6 +103,7 @@ def test_only_valid_anomalies_are_forwarded_byte_identical(
     logged = {(r.__dict__["shard"], r.__dict__["sequence_number"]) for r in malformed_lines}
     assert len(logged) == 8
     assert {data_at[position] for position in logged} == set(MIXED_INPUTS[1:9])
+    assert all(r.__dict__["detail"] for r in malformed_lines), "each line says what exactly was wrong"
 
 
 def test_every_shard_is_read_and_checkpointed(aws: Aws, three_shard_pipeline: Pipeline) -> None:

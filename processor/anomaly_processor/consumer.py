@@ -15,6 +15,7 @@ batch's last user record.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -83,6 +84,7 @@ class ShardConsumer:
         self._reader = reader
         self._forwarder = forwarder
         self._checkpoints = checkpoints
+        self._decoder = decoder
         self._decode = decoder.decode
         # Read once per record, so a rules reload takes effect between two records.
         self._detectors = detectors
@@ -131,6 +133,7 @@ class ShardConsumer:
         for shadow in tally.shadows:
             self._report_shadow(shadow)
         if malformed:
+            malformed = [item if item.detail else self._explained(item) for item in malformed]
             self._report_malformed(malformed)
         if entries:
             self._forwarder.forward(entries)
@@ -161,6 +164,9 @@ class ShardConsumer:
                         extra={"stream": self._stream, "shard": self.shard_id, "error": str(error), "attempt": attempt},
                     )
                 time.sleep(min(5.0, 0.1 * 2**attempt))
+
+    def _explained(self, item: Malformed) -> Malformed:
+        return dataclasses.replace(item, detail=self._decoder.explain(item.data))
 
     def _report_malformed(self, malformed: list[Malformed]) -> None:
         by_reason: dict[MalformedReason, int] = {}

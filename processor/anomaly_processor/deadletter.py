@@ -13,7 +13,7 @@ is one JSON object in UTF-8 (see docs/detection.md for the reader's side):
 ``subSequenceNumber``  position inside a KPL aggregate, or null for a plain record
 ``partitionKey``       the record's (or user record's) partition key
 ``arrivalTime``        the input record's ApproximateArrivalTimestamp, ISO 8601 UTC, milliseconds
-``detail``             what exactly was wrong where the reason alone does not say, or null
+``detail``             what exactly was wrong (JSON error, field and value, aggregate error), or null
 ``dataLength``         length of the original bytes
 ``dataSha256``         SHA-256 of the original bytes, hex
 ``dataTruncated``      true when ``data`` holds only a prefix of the original bytes

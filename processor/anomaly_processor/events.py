@@ -51,6 +51,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# A value quoted in a malformed record's detail is cut here, so that one log line stays short.
+MAX_SHOWN_VALUE_LENGTH: Final = 40
+
 _decode_json: Final = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant).decode
 
 
@@ -79,3 +82,26 @@ class EventDecoder:
             if kind is not int and kind is not Decimal:
                 return None, MalformedReason.NOT_A_NUMBER
         return event, None
+
+    def explain(self, data: bytes) -> str:
+        """Describe why ``decode`` rejects ``data``: the JSON error, or the field and its value.
+
+        Only malformed records reach this, so the per-record path stays as it is.
+        """
+        try:
+            event = _decode_json(data.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            return f"not UTF-8: {error.reason} at byte {error.start}"
+        except ValueError as error:
+            return f"not JSON: {error}"
+        if type(event) is not dict:
+            return f"the event is a JSON {type(event).__name__}, not an object"
+        for name in self._required_numeric:
+            value = event.get(name)
+            if value is None:
+                return f"{name} is missing or null"
+            if type(value) is not int and type(value) is not Decimal:
+                quoted = json.dumps(value, default=str)
+                quoted = quoted if len(quoted) <= MAX_SHOWN_VALUE_LENGTH else quoted[:MAX_SHOWN_VALUE_LENGTH] + "..."
+                return f"{name} is {quoted}, not a number"
+        return ""
