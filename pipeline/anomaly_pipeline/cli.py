@@ -116,7 +116,9 @@ def command_demo(args: argparse.Namespace) -> int:
     with emulator.running_emulator() as endpoint_url:
         say(f"embedded AWS endpoint: {endpoint_url}")
         aws = Aws(region=pipeline.region, endpoint_url=endpoint_url)
-        summary, _ = run_demo(aws, pipeline, args.events, args.rate, show_progress=not args.no_progress, log=say)
+        summary, _ = run_demo(
+            aws, pipeline, args.events, args.rate, show_progress=not args.no_progress and sys.stderr.isatty(), log=say
+        )
     if args.json:
         print(json.dumps(summary.as_dict()))
     else:
@@ -206,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--shards", type=_bounded(int, 1, 500), default=2, help="input stream shards (default: 2)")
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bars (hidden anyway when stderr is not a terminal)",
+    )
     demo.set_defaults(handler=command_demo)
     return parser
 
