@@ -186,7 +186,12 @@ def _step_handler(runtime: Runtime, condition_type: str, work: StepWork) -> Call
     return handler
 
 
-# Drift timer
+# Timers
+
+
+def _settled(body: Mapping[str, Any]) -> bool:
+    """Tell whether timers may act: the pipeline is not being deleted and kopf has finished its spec."""
+    return not body.get("metadata", {}).get("deletionTimestamp") and reconcile.spec_is_handled(body)
 
 
 def verify(
@@ -202,9 +207,9 @@ def verify(
     Warning event with reason ``Recreated``. While kopf is still handling the current spec
     (a creation or update in progress or in retry), this does nothing. Returns every change made.
     """
-    metadata = body.get("metadata", {})
-    if metadata.get("deletionTimestamp") or not reconcile.spec_is_handled(body):
+    if not _settled(body):
         return []
+    metadata = body.get("metadata", {})
     try:
         pipeline = reconcile.parse(body, runtime.settings)
     except SpecError:
@@ -247,9 +252,9 @@ def follow_rollout(
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     """Report ProcessorReady from the processor's live Deployment, once the handlers have finished the spec."""
-    metadata = body.get("metadata", {})
-    if metadata.get("deletionTimestamp") or not reconcile.spec_is_handled(body):
+    if not _settled(body):
         return
+    metadata = body.get("metadata", {})
     refs = (status.get("processor") or {}).get("objects") or []
     try:
         condition = reconcile.rollout_condition(kube, metadata.get("namespace", ""), refs)

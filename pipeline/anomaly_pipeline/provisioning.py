@@ -188,9 +188,9 @@ def ensure_stream(
     summary = _stream_summary(kinesis, stream.name)
     if summary is None:
         try:
-            # Tags given to CreateStream apply from the CREATING status (CreateStream docs in botocore
-            # 1.44), so no other pipeline sees the stream untagged. moto 5.2.5 and kinesalite 3.3.3
-            # drop them, and the tag check below then tags the stream in a second call.
+            # CreateStream takes the tags in the same request (botocore 1.44's CreateStream docs; the call
+            # then also needs kinesis:AddTagsToStream), so no separate step leaves the stream untagged.
+            # moto 5.2.5 and kinesalite 3.3.3 drop them, and the tag check below then tags it in a second call.
             kinesis.create_stream(StreamName=stream.name, ShardCount=stream.shard_count, Tags=owner_tags(pipeline))
             changes.append(f"created stream {stream.name} with {stream.shard_count} shards")
         except ClientError as error:

@@ -37,7 +37,14 @@ from typing import Any, Final
 
 from botocore.exceptions import ClientError
 
-from anomaly_processor.checkpoint import KEY, SHARD_END, Checkpoint, checkpoint_of
+from anomaly_processor.checkpoint import (
+    KEY,
+    SHARD_END,
+    Checkpoint,
+    CheckpointConflictError,
+    CheckpointStore,
+    checkpoint_of,
+)
 
 OWNER: Final = "leaseOwner"
 COUNTER: Final = "leaseCounter"
@@ -289,27 +296,11 @@ class LeaseTable:
 
     def end_unlisted(self, shard_id: str, seen: Checkpoint | None) -> bool:
         """Mark a shard that left the stream as read to its end, if its checkpoint is still ``seen``."""
-        names = {"#checkpoint": "checkpoint", "#sub": "checkpointSubSequenceNumber"}
-        values: dict[str, Any] = {":end": {"S": SHARD_END}, ":zero": {"N": "0"}}
-        if seen is None:
-            condition = "attribute_not_exists(#checkpoint)"
-        else:
-            condition = "#checkpoint = :seen AND #sub = :seen_sub"
-            values[":seen"] = {"S": seen.sequence_number}
-            values[":seen_sub"] = {"N": str(seen.sub_sequence_number)}
+        # Whoever holds the lease only retries reads of the missing shard, so the write needs no owner.
         try:
-            self._dynamodb.update_item(
-                TableName=self._table,
-                Key={KEY: {"S": shard_id}},
-                UpdateExpression="SET #checkpoint = :end, #sub = :zero",
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if _conflict(error):
-                return False
-            raise
+            CheckpointStore(self._dynamodb, self._table).write(shard_id, Checkpoint(SHARD_END), seen)
+        except CheckpointConflictError:
+            return False
         return True
 
     def delete_ended(self, shard_id: str) -> bool:

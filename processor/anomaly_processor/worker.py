@@ -383,9 +383,11 @@ class Worker:
             if released:
                 log.info("released lease", extra={**context, "new_owner": to})
             elif to is not None:
-                # The request was withdrawn by a stopping requester or replaced, or the lease was lost.
                 # A lease still in this worker's name is taken again at the next table read.
-                log.info("handoff failed because the request was withdrawn", extra={**context, "requester": to})
+                log.info(
+                    "handoff failed: the request was withdrawn or replaced, or the lease was lost",
+                    extra={**context, "requester": to},
+                )
         self._forget(held.shard_id)
 
     def _forget(self, shard_id: str) -> None:

@@ -203,29 +203,21 @@ def test_partition_key_of_256_characters_is_kept() -> None:
     assert [entry.partition_key for entry in entries] == ["card-1", key]
 
 
-def test_explicit_hash_key_index_out_of_range_is_malformed() -> None:
+@pytest.mark.parametrize(
+    ("hash_keys", "index"), [(["170141183460469231731687303715884105728"], 1), ([], 0)], ids=["past-end", "no-table"]
+)
+def test_explicit_hash_key_outside_table_is_malformed(hash_keys: list[str], index: int) -> None:
     message = two_user_records("card-1", "card-2")
-    message.explicit_hash_key_table.append("170141183460469231731687303715884105728")
-    message.records[0].explicit_hash_key_index = 0
-    message.records[1].explicit_hash_key_index = 1
+    message.explicit_hash_key_table.extend(hash_keys)
+    if hash_keys:
+        message.records[0].explicit_hash_key_index = 0
+    message.records[1].explicit_hash_key_index = index
     data = framed(message.SerializeToString())
 
     entries, malformed = judge(data)
 
     assert entries == []
-    expected = "user record 1 names explicit hash key 1, but the table has 1 keys"
-    assert malformed == [corrupt_aggregate(data, expected)]
-
-
-def test_explicit_hash_key_index_without_table_is_malformed() -> None:
-    message = two_user_records("card-1", "card-2")
-    message.records[1].explicit_hash_key_index = 0
-    data = framed(message.SerializeToString())
-
-    entries, malformed = judge(data)
-
-    assert entries == []
-    expected = "user record 1 names explicit hash key 0, but the table has 0 keys"
+    expected = f"user record 1 names explicit hash key {index}, but the table has {len(hash_keys)} keys"
     assert malformed == [corrupt_aggregate(data, expected)]
 
 

@@ -156,6 +156,17 @@ def provisioned(aws: Aws, pipeline: Pipeline, shards: int) -> Pipeline:
     return pipeline
 
 
+def one_taken_lease(aws: Aws, example_pipeline: Pipeline, owner: str) -> tuple[Pipeline, LeaseTable, Lease]:
+    """Provision a one-shard pipeline; return it, its lease table and its only lease, taken by ``owner``."""
+    pipeline = provisioned(aws, example_pipeline, 1)
+    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
+    shard = aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
+    table.create(shard, ())
+    taken = table.take(table.scan()[shard], owner)
+    assert taken is not None
+    return pipeline, table, taken
+
+
 def owner_counts(aws: Aws, pipeline: Pipeline) -> list[int]:
     return sorted(Counter(owner for owner in owners(aws, pipeline).values() if owner).values())
 
@@ -444,12 +455,9 @@ def test_stopping_worker_releases_untaken_handoff(aws: Aws, example_pipeline: Pi
 
 @pytest.mark.e2e
 def test_take_of_lease_ended_meanwhile_releases_it(aws: Aws, example_pipeline: Pipeline) -> None:
-    pipeline = provisioned(aws, example_pipeline, 1)
+    pipeline, table, taken = one_taken_lease(aws, example_pipeline, "w0")
+    shard = taken.shard_id
     dynamodb = aws.client("dynamodb")
-    table = LeaseTable(dynamodb, pipeline.checkpoint_table)
-    shard = aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
-    table.create(shard, ())
-    assert table.take(table.scan()[shard], "w0") is not None
     worker = Worker(processor_config(pipeline, "w1"), aws.client("kinesis"), dynamodb)
     stale = table.scan()[shard]
 
@@ -469,12 +477,8 @@ def test_take_of_lease_ended_meanwhile_releases_it(aws: Aws, example_pipeline: P
 
 @pytest.mark.e2e
 def test_handoff_after_withdrawn_request_fails(aws: Aws, example_pipeline: Pipeline) -> None:
-    pipeline = provisioned(aws, example_pipeline, 1)
-    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
-    shard = aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
-    table.create(shard, ())
-    taken = table.take(table.scan()[shard], "w0")
-    assert taken is not None
+    _, table, taken = one_taken_lease(aws, example_pipeline, "w0")
+    shard = taken.shard_id
     assert table.request_handoff(shard, "w0", "w1")
 
     # w0 read w1's request and decided to hand over, but w1 withdrew the request to stop.
@@ -486,12 +490,8 @@ def test_handoff_after_withdrawn_request_fails(aws: Aws, example_pipeline: Pipel
 
 @pytest.mark.e2e
 def test_renewal_after_lost_response_keeps_lease(aws: Aws, example_pipeline: Pipeline) -> None:
-    pipeline = provisioned(aws, example_pipeline, 1)
-    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
-    shard = aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
-    table.create(shard, ())
-    taken = table.take(table.scan()[shard], "w1")
-    assert taken is not None
+    _, table, taken = one_taken_lease(aws, example_pipeline, "w1")
+    shard = taken.shard_id
 
     # The first renewal reached DynamoDB but its response was lost, so w1 still knows the old counter.
     assert table.renew(shard, "w1", taken.counter) == taken.counter + 1
@@ -505,12 +505,8 @@ def test_renewal_after_lost_response_keeps_lease(aws: Aws, example_pipeline: Pip
 
 @pytest.mark.e2e
 def test_renewal_of_taken_lease_fails(aws: Aws, example_pipeline: Pipeline) -> None:
-    pipeline = provisioned(aws, example_pipeline, 1)
-    table = LeaseTable(aws.client("dynamodb"), pipeline.checkpoint_table)
-    shard = aws.client("kinesis").list_shards(StreamName=pipeline.input.name)["Shards"][0]["ShardId"]
-    table.create(shard, ())
-    taken = table.take(table.scan()[shard], "w1")
-    assert taken is not None
+    _, table, taken = one_taken_lease(aws, example_pipeline, "w1")
+    shard = taken.shard_id
     assert table.take(table.scan()[shard], "w2") is not None
 
     assert table.renew(shard, "w1", taken.counter) is None
